@@ -24,6 +24,9 @@ float e4m3_to_f32(uint8_t code);
 // Round to nearest even. Finite values beyond ±448 saturate to ±448 (as CUDA's
 // cvt.rn.satfinite; the reference clamps before converting so it never relies on this).
 // NaN → 0x7F with the sign bit of the input; ±inf saturates like any large value.
+// The sign is always kept, so −0 and negative values that round to zero give 0x80 (as
+// cvt.rn.satfinite and torch's float8 cast; dsv4fmt.py's encoder gives 0x00 there, which only
+// weight_quant.h reproduces, for checkpoint bytes).
 uint8_t f32_to_e4m3(float value);
 
 // ---- E8M0 scale byte: value 2^(e − 127); 0xFF is NaN; e = 0 → 2^-127 -------------------
@@ -40,7 +43,8 @@ inline constexpr float kE2m1Max = 6.0f;
 float e2m1_to_f32(uint8_t nibble);
 // Round to nearest even over {0, .5, 1, 1.5, 2, 3, 4, 6} (ties 0.25→0, 0.75→1, 1.25→1,
 // 1.75→2, 2.5→2, 3.5→4, 5→4), saturating at ±6. NaN → 0x7 with the input's sign
-// (e2m1 has no NaN; callers clamp first, as the reference does).
+// (e2m1 has no NaN; callers clamp first, as the reference does). Sign kept as for e4m3:
+// −0 and negative values that round to zero give 0x8.
 uint8_t f32_to_e2m1(float value);
 // Packed FP4 byte: low nibble = even element, high nibble = odd element (torch float4_e2m1fn_x2).
 inline uint8_t fp4_pack(uint8_t even_nibble, uint8_t odd_nibble) {
@@ -52,7 +56,9 @@ inline uint8_t fp4_odd(uint8_t byte) { return byte >> 4; }
 // ---- power-of-two block scales (act_quant, fp4_act_quant) -------------------------------
 // The reference computes s = 2^ceil(log2(max(amax, floor) · inv_max)) from the fp32 bit
 // pattern of the product: exponent field − 127, plus 1 if the mantissa field is non-zero.
-// Returns that exponent. `amax` must be ≥ 0 and finite.
+// Returns that exponent. `amax` must be ≥ 0 and finite (else throws moerun::Error). Like the
+// reference, a subnormal product gives −126 (−127 for exactly 0), not its true ceil(log2);
+// with the floors below the product is always normal.
 int pow2_scale_exponent(float amax, float amax_floor, float inv_max);
 
 // act_quant (e4m3, blocks of 128 before every FP8/FP4 GEMM, 64 for the KV nope dims):
@@ -67,13 +73,15 @@ float fp4_quant_inv_max();     // bit pattern 0x3E2AAAAB
 int fp4_quant_scale_exponent(float amax);
 
 // Quantizes one block x[0..n) the way act_quant does: e = act_quant_scale_exponent(max|x|),
-// codes[i] = f32_to_e4m3(clamp(x[i] · 2^-e, −448, 448)). Returns e. NaN inputs are not
-// expected (the model never produces them); they quantize to NaN codes.
+// codes[i] = f32_to_e4m3(clamp(x[i] / 2^e, −448, 448)). Returns e. NaN inputs are not
+// expected (the model never produces them); they are left out of amax and quantize to NaN
+// codes. An infinite input throws moerun::Error (its scale would not be finite).
 int quantize_block_e4m3(const float* x, size_t n, uint8_t* codes);
 // The same with fp4_quant_scale_exponent and e2m1 (clamp ±6); one nibble per output byte.
 int quantize_block_e2m1(const float* x, size_t n, uint8_t* nibbles);
 // In-place quant-dequant as the reference writes it back: y[i] = bf16(e4m3(x/s) · s)
-// (resp. e2m1), returned as fp32 values that are exactly representable in bf16.
+// (resp. e2m1), returned as fp32 values that are exactly representable in bf16. A negative
+// value that rounds to zero becomes −0 (numpy_ref.py writes +0; the two compare equal).
 void fake_quant_block_e4m3(float* x, size_t n);
 void fake_quant_block_e2m1(float* x, size_t n);
 
