@@ -65,6 +65,11 @@ struct SafetensorsHeader {
 SafetensorsHeader parse_safetensors_header(std::string_view json, uint64_t data_size,
                                            std::string_view label);
 
+// Parses a whole safetensors file held in memory (length prefix, header, data section) with
+// the checks of SafetensorsFile::open, which calls it on its mapping; the fuzzer calls it on
+// its input.
+SafetensorsHeader parse_safetensors_file(std::span<const std::byte> file, std::string_view label);
+
 // One memory-mapped .safetensors file. Data pages are only touched when a tensor's bytes
 // are read, so opening a 4 GB shard (or a sparse skeleton) costs only its header.
 class SafetensorsFile {

@@ -1,0 +1,113 @@
+// Fuzz target for the safetensors reader: any input must either parse into a header whose
+// invariants hold or throw moerun::Error; any other exception, crash or sanitizer report is
+// a bug.
+//
+// Each input is read twice: as a whole file (u64 length, JSON, data section: the path of
+// SafetensorsFile::open) and as bare header JSON against a fixed data-section size, so that
+// mutations of the JSON reach the schema checks without having to keep the length prefix
+// in step.
+//
+// Built as a libFuzzer target when MOERUN_FUZZ is on; built with MOERUN_FUZZ_REPLAY_MAIN
+// always, as a replay of the corpus run by ctest.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/error.h"
+#include "common/safetensors.h"
+
+namespace {
+
+// Data-section size assumed for the bare-JSON reading.
+constexpr uint64_t kBareDataSize = 1 << 16;
+
+void check(bool ok, const char* what) {
+  if (!ok) {
+    std::fprintf(stderr, "fuzz_safetensors_header: invariant violated: %s\n", what);
+    std::abort();
+  }
+}
+
+// What a successful parse promises (safetensors.h).
+void check_header(const moerun::SafetensorsHeader& h, uint64_t data_size, size_t json_size) {
+  check(h.header_bytes == json_size, "header_bytes is the JSON length");
+  const moerun::TensorInfo* prev = nullptr;
+  for (const moerun::TensorInfo& t : h.tensors) {
+    check(!t.name.empty(), "tensor names are non-empty");
+    check(t.begin <= t.end && t.end <= data_size, "offsets inside the data section");
+    uint64_t bytes = static_cast<uint64_t>(t.numel()) * moerun::dtype_size(t.dtype);
+    for (int64_t dim : t.shape) check(dim >= 0, "shape entries are non-negative");
+    check(t.numel() >= 0 && t.nbytes() == bytes, "nbytes = numel * dtype size");
+    if (&t != &h.tensors.front()) check((&t - 1)->begin <= t.begin, "tensors sorted by begin");
+    if (t.begin == t.end) continue;  // empty ranges overlap nothing
+    if (prev != nullptr) check(t.begin >= prev->end, "no overlap");
+    prev = &t;
+  }
+  if (h.tensors.size() <= 64) {  // quadratic, kept cheap
+    for (size_t i = 0; i < h.tensors.size(); ++i) {
+      for (size_t j = 0; j < i; ++j) check(h.tensors[i].name != h.tensors[j].name, "names unique");
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::span<const std::byte> file(reinterpret_cast<const std::byte*>(data), size);
+  try {
+    const moerun::SafetensorsHeader h = moerun::parse_safetensors_file(file, "fuzz-input");
+    check(size >= 8 + h.header_bytes, "header inside the file");
+    check_header(h, size - 8 - h.header_bytes, h.header_bytes);
+  } catch (const moerun::Error&) {
+  }
+  const std::string_view json(reinterpret_cast<const char*>(data), size);
+  try {
+    check_header(moerun::parse_safetensors_header(json, kBareDataSize, "fuzz-input"), kBareDataSize,
+                 size);
+  } catch (const moerun::Error&) {
+  }
+  return 0;
+}
+
+#ifdef MOERUN_FUZZ_REPLAY_MAIN
+// Replays every file of the given corpus directories (or single files) through the entry
+// point; exits non-zero when there was nothing to replay.
+int main(int argc, char** argv) {
+  std::vector<std::filesystem::path> files;
+  for (int i = 1; i < argc; ++i) {
+    const std::filesystem::path arg(argv[i]);
+    if (std::filesystem::is_directory(arg)) {
+      for (const auto& entry : std::filesystem::directory_iterator(arg)) {
+        if (entry.is_regular_file()) files.push_back(entry.path());
+      }
+    } else {
+      files.push_back(arg);
+    }
+  }
+  std::sort(files.begin(), files.end());
+  if (files.empty()) {
+    std::fprintf(stderr, "usage: %s CORPUS_DIR|FILE... (found no inputs)\n", argv[0]);
+    return 1;
+  }
+  for (const std::filesystem::path& path : files) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+      std::fprintf(stderr, "cannot read %s\n", path.c_str());
+      return 1;
+    }
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+  }
+  std::printf("replayed %zu inputs\n", files.size());
+  return 0;
+}
+#endif
