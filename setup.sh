@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# moerun set-up: installs every Debian package the project needs (idempotent; silent when
+# nothing is missing), configures and builds with CMake, then does what was asked:
+#
+#   ./setup.sh demo    build, then the main job on the embedded tiny model
+#   ./setup.sh test    build, then the whole test suite (what CI runs)
+#   ./setup.sh build   build only
+#   ./setup.sh deps    install packages only
+#
+# PRESET (default release: -O2, warnings as errors) picks a CMakePresets.json preset.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+ACTION="${1:-build}"
+PRESET="${PRESET:-release}"
+BUILD_DIR="build/${PRESET}"
+
+PACKAGES=(
+  build-essential cmake ninja-build pkg-config git
+  libopenmpi-dev openmpi-bin                       # MPI transport (UCX comes with Open MPI)
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  nlohmann-json3-dev libfmt-dev libspdlog-dev libcli11-dev libpcre2-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  clang-14 libclang-rt-14-dev                      # libFuzzer targets (preset "fuzz")
+  python3 python3-numpy                            # ../shared/golden/compare.py
+)
+
+install_packages() {
+  local missing=()
+  for p in "${PACKAGES[@]}"; do
+    [[ "$p" == \#* ]] && continue
+    if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]]; then
+      missing+=("$p")
+    fi
+  done
+  ((${#missing[@]} == 0)) && return 0
+  echo "setup.sh: installing ${missing[*]}"
+  local sudo=()
+  ((EUID != 0)) && sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+}
+
+build() {
+  cmake --preset "$PRESET" >/dev/null
+  cmake --build --preset "$PRESET" -- -j"$(nproc)"
+}
+
+case "$ACTION" in
+  deps) install_packages ;;
+  build) install_packages; build ;;
+  test)
+    install_packages
+    build
+    ctest --preset "$PRESET" -j"$(nproc)"
+    ;;
+  demo)
+    install_packages
+    build
+    out="${BUILD_DIR}/demo/dsv4-tiny"
+    rm -rf "$out"
+    "${BUILD_DIR}/tools/mkmodel/moerun-mkmodel" --preset tiny --seed 1234 --out "$out"
+    "${BUILD_DIR}/tools/inspect/moerun-inspect" "$out" --layout pp=2,ep=2
+    ;;
+  *)
+    echo "usage: $0 demo|test|build|deps" >&2
+    exit 2
+    ;;
+esac
