@@ -90,19 +90,27 @@ CheckpointWriteResult write_checkpoint(const ModelConfig& config,
         fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, shards.size());
     SafetensorsWriter writer;
     writer.set_metadata("format", "pt");
-    // Quantized pairs are generated together; a scale arriving after its weight is reused.
-    std::map<std::string, std::vector<std::byte>> pending;
+    // Values are drawn in parallel (each tensor depends only on seed and name); a quantized
+    // weight yields its scale too, and assign_shards keeps the pair in one shard.
+    std::map<std::string, std::vector<std::byte>> bytes;
+    if (!options.sparse) {
+      const auto& specs = shards[s];
+      std::vector<std::map<std::string, std::vector<std::byte>>> parts(specs.size());
+#pragma omp parallel for schedule(dynamic)
+      for (size_t i = 0; i < specs.size(); ++i) {
+        if (!is_scale(*specs[i])) parts[i] = generate_tensor(schema, *specs[i], options.seed);
+      }
+      for (auto& part : parts) bytes.merge(part);
+    }
     for (const TensorSpec* t : shards[s]) {
       if (options.sparse) {
         writer.add_hole(t->name, t->dtype, t->shape);
       } else {
-        auto it = pending.find(t->name);
-        if (it == pending.end()) {
-          pending.merge(generate_tensor(schema, *t, options.seed));
-          it = pending.find(t->name);
-        }
+        const auto it = bytes.find(t->name);
+        MOERUN_CHECK(it != bytes.end(), "tensor '{}' was not generated with shard {}", t->name,
+                     s + 1);
         writer.add(t->name, t->dtype, t->shape, it->second);
-        pending.erase(it);
+        bytes.erase(it);
       }
       weight_map.emplace(t->name, file);
       result.num_tensors += 1;
