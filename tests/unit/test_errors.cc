@@ -13,18 +13,12 @@
 #include "common/check_grpc.h"
 #include "common/check_mpi.h"
 #include "common/error.h"
+#include "tests/unit/test_util.h"
 #include "common/log.h"
 
 namespace {
 
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const moerun::Error& e) {
-    return e.what();
-  }
-  return "<no exception>";
-}
+using moerun::testing_util::error_message;
 
 bool has(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
@@ -33,13 +27,13 @@ bool has(const std::string& s, const std::string& part) {
 TEST(Errors, CheckNamesFileLineHostAndRank) {
   moerun::set_process_rank(-1);
   const int line = __LINE__ + 1;
-  const std::string m = message_of([] { MOERUN_CHECK(1 + 1 == 3, "arithmetic is {}", "off"); });
+  const std::string m = error_message([] { MOERUN_CHECK(1 + 1 == 3, "arithmetic is {}", "off"); });
   EXPECT_TRUE(has(m, "test_errors.cc:" + std::to_string(line))) << m;
   EXPECT_TRUE(has(m, moerun::process_host())) << m;
   EXPECT_TRUE(has(m, "arithmetic is off")) << m;
   EXPECT_FALSE(has(m, "rank")) << m;  // rank unknown yet
   moerun::set_process_rank(3);
-  const std::string r = message_of([] { MOERUN_THROW("boom"); });
+  const std::string r = error_message([] { MOERUN_THROW("boom"); });
   EXPECT_TRUE(has(r, "[rank 3 on " + moerun::process_host() + "]")) << r;
   moerun::set_process_rank(-1);
 }
@@ -55,7 +49,7 @@ TEST(Errors, PassingChecksDoNothing) {
 
 TEST(Errors, SysCheckCarriesErrno) {
   int calls = 0;
-  const std::string m = message_of([&] {
+  const std::string m = error_message([&] {
     MOERUN_CHECK_SYS((++calls, open("/nonexistent/moerun", O_RDONLY)));
   });
   EXPECT_EQ(calls, 1);
@@ -74,7 +68,7 @@ TEST(Errors, MpiCheckCarriesMpiErrorString) {
   char expected[MPI_MAX_ERROR_STRING];
   int len = 0;
   MPI_Error_string(MPI_ERR_COUNT, expected, &len);
-  const std::string m = message_of([] { MOERUN_CHECK_MPI(MPI_ERR_COUNT); });
+  const std::string m = error_message([] { MOERUN_CHECK_MPI(MPI_ERR_COUNT); });
   EXPECT_TRUE(has(m, "MPI error " + std::to_string(MPI_ERR_COUNT))) << m;
   EXPECT_TRUE(has(m, std::string(expected, static_cast<size_t>(len)))) << m;
   EXPECT_TRUE(has(m, "MPI_ERR_COUNT")) << m;  // the expression text
@@ -82,7 +76,7 @@ TEST(Errors, MpiCheckCarriesMpiErrorString) {
 }
 
 TEST(Errors, GrpcCheckCarriesStatus) {
-  const std::string m = message_of([] {
+  const std::string m = error_message([] {
     MOERUN_CHECK_GRPC(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "field 'x' is bad"));
   });
   EXPECT_TRUE(has(m, "gRPC error 3")) << m;
@@ -93,7 +87,7 @@ TEST(Errors, GrpcCheckCarriesStatus) {
 TEST(Log, ParsesLevelsAndRejectsUnknown) {
   EXPECT_EQ(moerun::log::parse_level("debug"), moerun::log::Level::kDebug);
   EXPECT_EQ(moerun::log::parse_level("off"), moerun::log::Level::kOff);
-  const std::string m = message_of([] { moerun::log::parse_level("loud"); });
+  const std::string m = error_message([] { moerun::log::parse_level("loud"); });
   EXPECT_TRUE(has(m, "'loud'")) << m;
   EXPECT_TRUE(has(m, "trace, debug, info, warn, error, off")) << m;
 }

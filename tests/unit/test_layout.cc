@@ -7,6 +7,7 @@
 #include "common/checkpoint_schema.h"
 #include "common/error.h"
 #include "common/model_config.h"
+#include "tests/unit/test_util.h"
 #include "worker/layout.h"
 
 namespace {
@@ -16,25 +17,18 @@ const std::filesystem::path kSource = MOERUN_SOURCE_DIR;
 moerun::ModelConfig flash() { return moerun::ModelConfig::load(kSource / "configs/dsv4-flash.json"); }
 moerun::ModelConfig tiny() { return moerun::ModelConfig::load(kSource / "configs/dsv4-tiny.json"); }
 
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const moerun::Error& e) {
-    return e.what();
-  }
-  return "<no exception>";
-}
+using moerun::testing_util::error_message;
 
 TEST(Layout, ParsesSpecs) {
   EXPECT_EQ(moerun::parse_layout_spec("pp=2,ep=8"), std::make_pair(int64_t{2}, int64_t{8}));
   EXPECT_EQ(moerun::parse_layout_spec("ep=4,pp=1"), std::make_pair(int64_t{1}, int64_t{4}));
-  EXPECT_NE(message_of([] { moerun::parse_layout_spec("pp=2"); }).find("both pp and ep"),
+  EXPECT_NE(error_message([] { moerun::parse_layout_spec("pp=2"); }).find("both pp and ep"),
             std::string::npos);
-  EXPECT_NE(message_of([] { moerun::parse_layout_spec("pp=0,ep=2"); }).find("positive integer"),
+  EXPECT_NE(error_message([] { moerun::parse_layout_spec("pp=0,ep=2"); }).find("positive integer"),
             std::string::npos);
-  EXPECT_NE(message_of([] { moerun::parse_layout_spec("pp=2,tp=2"); }).find("unknown key 'tp'"),
+  EXPECT_NE(error_message([] { moerun::parse_layout_spec("pp=2,tp=2"); }).find("unknown key 'tp'"),
             std::string::npos);
-  EXPECT_NE(message_of([] { moerun::parse_layout_spec("pp2"); }).find("not key=value"),
+  EXPECT_NE(error_message([] { moerun::parse_layout_spec("pp2"); }).find("not key=value"),
             std::string::npos);
 }
 
@@ -95,17 +89,17 @@ TEST(Layout, RanksExpertsAndGlobals) {
 
 TEST(Layout, RefusesBadLayouts) {
   const auto c = tiny();  // 5 layers, 16 experts
-  std::string m = message_of([&] { moerun::plan_layout(c, 6, 1); });
+  std::string m = error_message([&] { moerun::plan_layout(c, 6, 1); });
   EXPECT_NE(m.find("pp=6 pipeline stages but the model has only 5 layers"), std::string::npos) << m;
-  m = message_of([&] { moerun::plan_layout(c, 1, 3); });
+  m = error_message([&] { moerun::plan_layout(c, 1, 3); });
   EXPECT_NE(m.find("ep=3 does not divide the 16 routed experts"), std::string::npos) << m;
-  m = message_of([&] { moerun::plan_layout(c, 0, 1); });
+  m = error_message([&] { moerun::plan_layout(c, 0, 1); });
   EXPECT_NE(m.find("pp=0"), std::string::npos) << m;
-  m = message_of([&] { moerun::plan_layout(c, 2, 1, {2, 2}); });
+  m = error_message([&] { moerun::plan_layout(c, 2, 1, {2, 2}); });
   EXPECT_NE(m.find("sum to 4 but the model has 5 layers"), std::string::npos) << m;
-  m = message_of([&] { moerun::plan_layout(c, 2, 1, {5, 0}); });
+  m = error_message([&] { moerun::plan_layout(c, 2, 1, {5, 0}); });
   EXPECT_NE(m.find("stage 1 is given 0 layers"), std::string::npos) << m;
-  m = message_of([&] { moerun::plan_layout(c, 2, 1, {5}); });
+  m = error_message([&] { moerun::plan_layout(c, 2, 1, {5}); });
   EXPECT_NE(m.find("1 stage layer counts given for pp=2"), std::string::npos) << m;
 }
 

@@ -3,6 +3,7 @@
 // in double, brute-force nearest-code search, std::log2), plus hand-computed blocks and
 // fingerprints of the golden numpy reference (dsv4fmt.py) on deterministic inputs.
 #include "common/numfmt.h"
+#include "tests/unit/test_util.h"
 
 #include <algorithm>
 #include <array>
@@ -17,6 +18,8 @@
 #include "common/error.h"
 
 namespace moerun::numfmt {
+using moerun::testing_util::gen_matrix;
+
 namespace {
 
 constexpr float kNan = std::numeric_limits<float>::quiet_NaN();
@@ -122,29 +125,6 @@ uint8_t e2m1_oracle_encode(double v) {
 int pow2_oracle(float amax, float amax_floor, float inv_max) {
   const float product = std::max(amax, amax_floor) * inv_max;
   return static_cast<int>(std::ceil(std::log2(static_cast<double>(product))));
-}
-
-// Deterministic test data, reproduced bit for bit by the Python generator quoted in
-// ReferenceFingerprints: n/d in fp32 times a per-block power of two; every ~50th value is
-// made tiny (×2^-20) so that blocks contain values that round to zero.
-std::vector<float> gen_matrix(int rows, int cols, uint32_t seed, int block_rows, int block_cols) {
-  std::vector<float> w(static_cast<size_t>(rows) * cols);
-  for (int i = 0; i < rows; ++i) {
-    for (int j = 0; j < cols; ++j) {
-      uint32_t h =
-          static_cast<uint32_t>(i) * 1000003u + static_cast<uint32_t>(j) * 7919u + seed * 104729u;
-      h *= 2654435761u;
-      h ^= h >> 15;
-      const int n = static_cast<int>(h % 20001u) - 10000;
-      const int d = 1 + static_cast<int>((h >> 16) % 13u);
-      const int g =
-          static_cast<int>(((i / block_rows) * 3 + (j / block_cols) * 5 + seed) % 25) - 12;
-      float v = static_cast<float>(n) / static_cast<float>(d) * std::ldexp(1.0f, g);
-      if ((h >> 8) % 50 == 0) v *= 0x1p-20f;
-      w[static_cast<size_t>(i) * cols + j] = v;
-    }
-  }
-  return w;
 }
 
 uint64_t fnv1a(const uint8_t* p, size_t n) {

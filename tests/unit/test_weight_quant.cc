@@ -4,6 +4,7 @@
 // mapping and nibble order against constructed matrices, and whole matrices against
 // fingerprints of dsv4fmt.py, the numpy code that wrote the golden checkpoint.
 #include "common/weight_quant.h"
+#include "tests/unit/test_util.h"
 
 #include <algorithm>
 #include <array>
@@ -19,6 +20,8 @@
 #include "common/numfmt.h"
 
 namespace moerun::numfmt {
+using moerun::testing_util::gen_matrix;
+
 namespace {
 
 // fp32(1/448) and fp32(1/6) as the reference rounds them (spec §5).
@@ -66,27 +69,6 @@ uint8_t e2m1_oracle_encode(double v) {
 int scale_oracle(float amax, float inv_max) {
   const float product = std::max(amax, 1e-30f) * inv_max;
   return static_cast<int>(std::ceil(std::log2(static_cast<double>(product))));
-}
-
-// Same generator as test_numfmt.cc (see the fingerprints test there for the numpy version).
-std::vector<float> gen_matrix(int rows, int cols, uint32_t seed, int block_rows, int block_cols) {
-  std::vector<float> w(static_cast<size_t>(rows) * cols);
-  for (int i = 0; i < rows; ++i) {
-    for (int j = 0; j < cols; ++j) {
-      uint32_t h =
-          static_cast<uint32_t>(i) * 1000003u + static_cast<uint32_t>(j) * 7919u + seed * 104729u;
-      h *= 2654435761u;
-      h ^= h >> 15;
-      const int n = static_cast<int>(h % 20001u) - 10000;
-      const int d = 1 + static_cast<int>((h >> 16) % 13u);
-      const int g =
-          static_cast<int>(((i / block_rows) * 3 + (j / block_cols) * 5 + seed) % 25) - 12;
-      float v = static_cast<float>(n) / static_cast<float>(d) * std::ldexp(1.0f, g);
-      if ((h >> 8) % 50 == 0) v *= 0x1p-20f;
-      w[static_cast<size_t>(i) * cols + j] = v;
-    }
-  }
-  return w;
 }
 
 uint64_t fnv1a(const std::vector<uint8_t>& v) {
