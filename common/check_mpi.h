@@ -15,11 +15,10 @@ inline std::string mpi_error_string(int code) {
 }
 }  // namespace moerun::detail
 
-#define MOERUN_CHECK_MPI(expr)                                                          \
-  do {                                                                                  \
-    int moerun_mpi_rc_ = (expr);                                                        \
-    if (moerun_mpi_rc_ != MPI_SUCCESS) [[unlikely]]                                     \
-      ::moerun::detail::fail_library(__FILE__, __LINE__, "MPI", moerun_mpi_rc_,         \
-                                     ::moerun::detail::mpi_error_string(moerun_mpi_rc_), \
-                                     #expr);                                            \
+#define MOERUN_CHECK_MPI(expr)                                                                   \
+  do {                                                                                           \
+    int moerun_mpi_rc_ = (expr);                                                                 \
+    if (moerun_mpi_rc_ != MPI_SUCCESS) [[unlikely]]                                              \
+      ::moerun::detail::fail_library(__FILE__, __LINE__, "MPI", moerun_mpi_rc_,                  \
+                                     ::moerun::detail::mpi_error_string(moerun_mpi_rc_), #expr); \
   } while (0)

@@ -15,7 +15,9 @@ namespace {
 constexpr int64_t kFp8Block = 128;  // FP8 weight scales cover 128×128 blocks
 constexpr int64_t kFp4Block = 32;   // FP4 weight scales cover 1×32 blocks along the input
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
 }  // namespace
 
@@ -49,8 +51,8 @@ bool RankSelection::holds(const TensorSpec& spec) const {
     case TensorRole::kLayerDense:
       return spec.layer >= layer_begin && spec.layer < layer_end;
     case TensorRole::kRoutedExpert:
-      return spec.layer >= layer_begin && spec.layer < layer_end &&
-             spec.expert >= expert_begin && spec.expert < expert_end;
+      return spec.layer >= layer_begin && spec.layer < layer_end && spec.expert >= expert_begin &&
+             spec.expert < expert_end;
   }
   return false;
 }
@@ -92,8 +94,8 @@ CheckpointSchema::CheckpointSchema(const ModelConfig& config) : config_(config) 
       TensorFormat::kPlain, -1);
   for (int64_t layer = 0; layer < c.num_layers_total(); ++layer) add_layer(layer);
   add("norm.weight", DType::kBF16, {c.hidden_size}, TensorRole::kHead, TensorFormat::kPlain, -1);
-  add("hc_head_fn", DType::kF32, {c.hc_mult, c.hc_dim()}, TensorRole::kHead,
-      TensorFormat::kPlain, -1);
+  add("hc_head_fn", DType::kF32, {c.hc_mult, c.hc_dim()}, TensorRole::kHead, TensorFormat::kPlain,
+      -1);
   add("hc_head_base", DType::kF32, {c.hc_mult}, TensorRole::kHead, TensorFormat::kPlain, -1);
   add("hc_head_scale", DType::kF32, {1}, TensorRole::kHead, TensorFormat::kPlain, -1);
   add("head.weight", DType::kBF16, {c.vocab_size, c.hidden_size}, TensorRole::kHead,
@@ -101,8 +103,7 @@ CheckpointSchema::CheckpointSchema(const ModelConfig& config) : config_(config) 
 }
 
 std::string CheckpointSchema::layer_prefix(int64_t layer) const {
-  if (config_.is_mtp_layer(layer))
-    return fmt::format("mtp.{}.", layer - config_.num_hidden_layers);
+  if (config_.is_mtp_layer(layer)) return fmt::format("mtp.{}.", layer - config_.num_hidden_layers);
   return fmt::format("layers.{}.", layer);
 }
 
@@ -110,8 +111,8 @@ void CheckpointSchema::add(std::string name, DType dtype, std::vector<int64_t> s
                            TensorRole role, TensorFormat format, int64_t layer, int64_t expert) {
   MOERUN_CHECK(!by_name_.contains(name), "schema lists tensor '{}' twice", name);
   by_name_.emplace(name, tensors_.size());
-  tensors_.push_back(TensorSpec{std::move(name), dtype, std::move(shape), role, format, layer,
-                                expert});
+  tensors_.push_back(
+      TensorSpec{std::move(name), dtype, std::move(shape), role, format, layer, expert});
 }
 
 void CheckpointSchema::add_fp8_linear(const std::string& base, int64_t out, int64_t in,
@@ -144,8 +145,8 @@ void CheckpointSchema::add_layer(int64_t layer) {
     add(p + "hnorm.weight", DType::kBF16, {dim}, dense, plain, layer);
   }
   for (const char* site : {"attn", "ffn"}) {  // mHC mixing before attention and before the MoE
-    add(fmt::format("{}hc_{}_fn", p, site), DType::kF32, {c.hc_mix_dim(), c.hc_dim()}, dense,
-        plain, layer);
+    add(fmt::format("{}hc_{}_fn", p, site), DType::kF32, {c.hc_mix_dim(), c.hc_dim()}, dense, plain,
+        layer);
     add(fmt::format("{}hc_{}_base", p, site), DType::kF32, {c.hc_mix_dim()}, dense, plain, layer);
     add(fmt::format("{}hc_{}_scale", p, site), DType::kF32, {3}, dense, plain, layer);
   }
@@ -233,7 +234,8 @@ SchemaReport CheckpointSchema::check(const Checkpoint& checkpoint) const {
 
 void CheckpointSchema::require_match(const Checkpoint& checkpoint) const {
   const SchemaReport report = check(checkpoint);
-  MOERUN_CHECK(report.ok(), "checkpoint {} does not match the DeepSeek-V4 schema of its config:\n{}",
+  MOERUN_CHECK(report.ok(),
+               "checkpoint {} does not match the DeepSeek-V4 schema of its config:\n{}",
                checkpoint.dir().string(), report.describe());
 }
 

@@ -10,8 +10,12 @@ namespace {
 std::atomic<int> g_rank{-1};
 }
 
-void set_process_rank(int rank) { g_rank.store(rank, std::memory_order_relaxed); }
-int process_rank() { return g_rank.load(std::memory_order_relaxed); }
+void set_process_rank(int rank) {
+  g_rank.store(rank, std::memory_order_relaxed);
+}
+int process_rank() {
+  return g_rank.load(std::memory_order_relaxed);
+}
 
 const std::string& process_host() {
   static const std::string host = [] {
@@ -43,8 +47,8 @@ void fail(const char* file, int line, std::string_view what) {
 
 void fail_library(const char* file, int line, std::string_view lib, long code,
                   std::string_view lib_message, std::string_view expr) {
-  throw Error(fmt::format("{}: {} error {} ({}) in `{}`", where(file, line), lib, code,
-                          lib_message, expr));
+  throw Error(
+      fmt::format("{}: {} error {} ({}) in `{}`", where(file, line), lib, code, lib_message, expr));
 }
 
 }  // namespace detail

@@ -9,9 +9,9 @@
 #pragma once
 
 #include <cerrno>
+#include <stdexcept>
 #include <string>
 #include <string_view>
-#include <stdexcept>
 
 #include <fmt/format.h>
 
@@ -44,20 +44,20 @@ std::string errno_string(int err);
 #define MOERUN_THROW(...) ::moerun::detail::fail(__FILE__, __LINE__, ::fmt::format(__VA_ARGS__))
 
 // Checks an internal or input condition; the message says what was wrong in words.
-#define MOERUN_CHECK(cond, ...)                                                        \
-  do {                                                                                 \
-    if (!(cond)) [[unlikely]]                                                          \
-      ::moerun::detail::fail(__FILE__, __LINE__, ::fmt::format(__VA_ARGS__));          \
+#define MOERUN_CHECK(cond, ...)                                               \
+  do {                                                                        \
+    if (!(cond)) [[unlikely]]                                                 \
+      ::moerun::detail::fail(__FILE__, __LINE__, ::fmt::format(__VA_ARGS__)); \
   } while (0)
 
 // System calls that return -1 and set errno. Evaluates `expr` once and yields its value.
-#define MOERUN_CHECK_SYS(expr)                                                                 \
-  ([&]() {                                                                                     \
-    auto moerun_sys_rc_ = (expr);                                                              \
-    if (moerun_sys_rc_ == -1) [[unlikely]] {                                                   \
-      const int moerun_errno_ = errno;                                                         \
-      ::moerun::detail::fail_library(__FILE__, __LINE__, "system", moerun_errno_,              \
-                                     ::moerun::detail::errno_string(moerun_errno_), #expr);    \
-    }                                                                                          \
-    return moerun_sys_rc_;                                                                     \
+#define MOERUN_CHECK_SYS(expr)                                                              \
+  ([&]() {                                                                                  \
+    auto moerun_sys_rc_ = (expr);                                                           \
+    if (moerun_sys_rc_ == -1) [[unlikely]] {                                                \
+      const int moerun_errno_ = errno;                                                      \
+      ::moerun::detail::fail_library(__FILE__, __LINE__, "system", moerun_errno_,           \
+                                     ::moerun::detail::errno_string(moerun_errno_), #expr); \
+    }                                                                                       \
+    return moerun_sys_rc_;                                                                  \
   }())

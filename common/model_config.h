@@ -121,7 +121,7 @@ struct ModelConfig {
   int64_t nope_head_dim() const { return head_dim - qk_rope_head_dim; }
   int64_t heads_per_group() const { return num_attention_heads / o_groups; }
   int64_t hc_mix_dim() const { return (2 + hc_mult) * hc_mult; }  // pre + post + comb
-  int64_t hc_dim() const { return hc_mult * hidden_size; }         // flattened residual
+  int64_t hc_dim() const { return hc_mult * hidden_size; }        // flattened residual
   // Compressor output width: coff·Dc with coff = 2 for overlapping (ratio 4) compression.
   int64_t compressor_width(int64_t layer, int64_t compressed_dim) const;
 

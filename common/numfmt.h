@@ -50,8 +50,12 @@ uint8_t f32_to_e2m1(float value);
 inline uint8_t fp4_pack(uint8_t even_nibble, uint8_t odd_nibble) {
   return static_cast<uint8_t>((even_nibble & 0xF) | ((odd_nibble & 0xF) << 4));
 }
-inline uint8_t fp4_even(uint8_t byte) { return byte & 0xF; }
-inline uint8_t fp4_odd(uint8_t byte) { return byte >> 4; }
+inline uint8_t fp4_even(uint8_t byte) {
+  return byte & 0xF;
+}
+inline uint8_t fp4_odd(uint8_t byte) {
+  return byte >> 4;
+}
 
 // ---- power-of-two block scales (act_quant, fp4_act_quant) -------------------------------
 // The reference computes s = 2^ceil(log2(max(amax, floor) · inv_max)) from the fp32 bit

@@ -29,8 +29,22 @@
 namespace moerun {
 
 enum class DType : uint8_t {
-  kBool, kU8, kI8, kI16, kU16, kI32, kU32, kI64, kU64,
-  kF16, kBF16, kF32, kF64, kF8_E4M3, kF8_E5M2, kF8_E8M0,
+  kBool,
+  kU8,
+  kI8,
+  kI16,
+  kU16,
+  kI32,
+  kU32,
+  kI64,
+  kU64,
+  kF16,
+  kBF16,
+  kF32,
+  kF64,
+  kF8_E4M3,
+  kF8_E5M2,
+  kF8_E8M0,
 };
 
 // Safetensors spelling: "BOOL", "U8", "I8", ..., "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0".
@@ -53,7 +67,7 @@ struct TensorInfo {
 struct SafetensorsHeader {
   std::vector<TensorInfo> tensors;  // in data-offset order
   std::map<std::string, std::string> metadata;
-  uint64_t header_bytes = 0;        // N: JSON length (not counting the 8-byte prefix)
+  uint64_t header_bytes = 0;  // N: JSON length (not counting the 8-byte prefix)
 };
 
 // Parses the JSON header text. `data_size` is the size of the data section that follows;

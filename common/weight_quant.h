@@ -24,17 +24,15 @@ inline constexpr float kWeightAmaxFloor = 1e-30f;
 // Per 128×128 block: e = pow2_scale_exponent(amax, kWeightAmaxFloor, fp32(1/448)), i.e.
 // ceil(log2(amax/448)) from the fp32 bits, codes = e4m3(clamp(w / 2^e, ±448)).
 // w: [out, in] fp32 row-major; codes: [out, in]; scales: [ceil(out/128), ceil(in/128)].
-void quantize_fp8_weight(const float* w, int64_t out, int64_t in, uint8_t* codes,
-                         uint8_t* scales);
-void dequantize_fp8_weight(const uint8_t* codes, const uint8_t* scales, int64_t out,
-                           int64_t in, float* w);
+void quantize_fp8_weight(const float* w, int64_t out, int64_t in, uint8_t* codes, uint8_t* scales);
+void dequantize_fp8_weight(const uint8_t* codes, const uint8_t* scales, int64_t out, int64_t in,
+                           float* w);
 
 // Per 1×32 block: e = pow2_scale_exponent(amax, kWeightAmaxFloor, fp32(1/6)),
 // nibbles = e2m1(clamp(w / 2^e, ±6)).
 // `in` must be a multiple of 32. packed: [out, in/2]; scales: [out, in/32].
-void quantize_fp4_weight(const float* w, int64_t out, int64_t in, uint8_t* packed,
-                         uint8_t* scales);
-void dequantize_fp4_weight(const uint8_t* packed, const uint8_t* scales, int64_t out,
-                           int64_t in, float* w);
+void quantize_fp4_weight(const float* w, int64_t out, int64_t in, uint8_t* packed, uint8_t* scales);
+void dequantize_fp4_weight(const uint8_t* packed, const uint8_t* scales, int64_t out, int64_t in,
+                           float* w);
 
 }  // namespace moerun::numfmt

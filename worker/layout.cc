@@ -109,8 +109,8 @@ ParallelLayout plan_layout(const ModelConfig& config, int64_t pp, int64_t ep,
   MOERUN_CHECK(pp >= 1, "pipeline stages pp={} must be at least 1", pp);
   MOERUN_CHECK(ep >= 1, "expert-parallel size ep={} must be at least 1", ep);
   MOERUN_CHECK(pp <= config.num_hidden_layers,
-               "pp={} pipeline stages but the model has only {} layers (each stage needs one)",
-               pp, config.num_hidden_layers);
+               "pp={} pipeline stages but the model has only {} layers (each stage needs one)", pp,
+               config.num_hidden_layers);
   MOERUN_CHECK(config.n_routed_experts % ep == 0,
                "ep={} does not divide the {} routed experts (allowed: a divisor of {})", ep,
                config.n_routed_experts, config.n_routed_experts);

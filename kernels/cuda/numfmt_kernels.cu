@@ -13,7 +13,7 @@ __device__ float decode_e4m3(uint8_t c) {
   const float sign = (c & 0x80) ? -1.0f : 1.0f;
   const int exp = (c >> 3) & 0xF, man = c & 0x7;
   if (exp == 0xF && man == 0x7) return __int_as_float(0x7FC00000);  // NaN
-  if (exp == 0) return sign * ldexpf(static_cast<float>(man), -9);   // subnormal m·2^-9
+  if (exp == 0) return sign * ldexpf(static_cast<float>(man), -9);  // subnormal m·2^-9
   return sign * ldexpf(1.0f + man / 8.0f, exp - 7);
 }
 
@@ -33,9 +33,15 @@ __global__ void decode_kernel(CodeFormat format, const uint8_t* codes, size_t n,
   const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   switch (format) {
-    case CodeFormat::kE4m3: out[i] = decode_e4m3(codes[i]); break;
-    case CodeFormat::kE2m1: out[i] = decode_e2m1(codes[i] & 0xF); break;
-    case CodeFormat::kE8m0: out[i] = decode_e8m0(codes[i]); break;
+    case CodeFormat::kE4m3:
+      out[i] = decode_e4m3(codes[i]);
+      break;
+    case CodeFormat::kE2m1:
+      out[i] = decode_e2m1(codes[i] & 0xF);
+      break;
+    case CodeFormat::kE8m0:
+      out[i] = decode_e8m0(codes[i]);
+      break;
   }
 }
 
@@ -49,8 +55,8 @@ void decode_codes(CodeFormat format, const uint8_t* codes, size_t n, float* out)
   MOERUN_CHECK_CUDA(cudaMalloc(&d_out, n * sizeof(float)));
   MOERUN_CHECK_CUDA(cudaMemcpy(d_codes, codes, n, cudaMemcpyHostToDevice));
   constexpr int kThreads = 256;
-  decode_kernel<<<static_cast<unsigned>((n + kThreads - 1) / kThreads), kThreads>>>(
-      format, d_codes, n, d_out);
+  decode_kernel<<<static_cast<unsigned>((n + kThreads - 1) / kThreads), kThreads>>>(format, d_codes,
+                                                                                    n, d_out);
   MOERUN_CHECK_CUDA(cudaGetLastError());
   MOERUN_CHECK_CUDA(cudaMemcpy(out, d_out, n * sizeof(float), cudaMemcpyDeviceToHost));
   MOERUN_CHECK_CUDA(cudaFree(d_codes));

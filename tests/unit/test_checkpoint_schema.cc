@@ -15,7 +15,9 @@ namespace {
 const std::filesystem::path kGolden = MOERUN_GOLDEN_DIR;
 const std::filesystem::path kSource = MOERUN_SOURCE_DIR;
 
-moerun::ModelConfig flash() { return moerun::ModelConfig::load(kSource / "configs/dsv4-flash.json"); }
+moerun::ModelConfig flash() {
+  return moerun::ModelConfig::load(kSource / "configs/dsv4-flash.json");
+}
 
 TEST(CheckpointSchema, FlashMatchesTheRelease) {
   const moerun::CheckpointSchema schema(flash());
@@ -69,7 +71,7 @@ TEST(CheckpointSchema, FlashShapesFromTheTable) {
   expect("mtp.0.e_proj.scale", DType::kF8_E8M0, {32, 32});
   expect("mtp.0.ffn.gate.bias", DType::kF32, {256});
   expect("mtp.0.hc_head_fn", DType::kF32, {4, 16384});
-  EXPECT_EQ(schema.find("layers.1.attn.compressor.ape"), nullptr);  // SWA layer
+  EXPECT_EQ(schema.find("layers.1.attn.compressor.ape"), nullptr);       // SWA layer
   EXPECT_EQ(schema.find("layers.3.attn.indexer.wq_b.weight"), nullptr);  // HCA layer
   EXPECT_EQ(schema.find("layers.3.ffn.gate.tid2eid"), nullptr);
   EXPECT_EQ(schema.find("mtp.0.embed.weight"), nullptr);  // MTP shares embed and head
@@ -121,7 +123,8 @@ TEST(CheckpointSchema, ReportsMissingUnexpectedAndMisshaped) {
   EXPECT_EQ(narrow.mismatched[0].name, "layers.0.ffn.gate.tid2eid");
   EXPECT_EQ(narrow.mismatched[0].expected, "I64 [1024, 2]");
   EXPECT_EQ(narrow.mismatched[0].actual, "I64 [1024, 4]");
-  EXPECT_NE(narrow.describe().find("layers.0.ffn.gate.tid2eid (expected I64 [1024, 2], found I64 [1024, 4])"),
+  EXPECT_NE(narrow.describe().find(
+                "layers.0.ffn.gate.tid2eid (expected I64 [1024, 2], found I64 [1024, 4])"),
             std::string::npos);
   // Fewer hash layers: layer 1's tid2eid is unexpected and its bias missing.
   moerun::ModelConfig one_hash = moerun::ModelConfig::load(dir / "config.json");

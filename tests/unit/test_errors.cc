@@ -3,8 +3,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <mpi.h>
+#include <cstdlib>
 
 #include <functional>
 
@@ -13,8 +13,8 @@
 #include "common/check_grpc.h"
 #include "common/check_mpi.h"
 #include "common/error.h"
-#include "tests/unit/test_util.h"
 #include "common/log.h"
+#include "tests/unit/test_util.h"
 
 namespace {
 
@@ -49,9 +49,8 @@ TEST(Errors, PassingChecksDoNothing) {
 
 TEST(Errors, SysCheckCarriesErrno) {
   int calls = 0;
-  const std::string m = error_message([&] {
-    MOERUN_CHECK_SYS((++calls, open("/nonexistent/moerun", O_RDONLY)));
-  });
+  const std::string m =
+      error_message([&] { MOERUN_CHECK_SYS((++calls, open("/nonexistent/moerun", O_RDONLY))); });
   EXPECT_EQ(calls, 1);
   EXPECT_TRUE(has(m, "system error 2")) << m;
   EXPECT_TRUE(has(m, "No such file or directory")) << m;

@@ -43,7 +43,8 @@ class FlashSkeleton : public testing::Test {
     dir_ = new fs::path(fs::temp_directory_path() /
                         ("moerun-flash-skeleton-" + std::to_string(::getpid())));
     fs::remove_all(*dir_);
-    const CommandResult r = run_command(kMkmodel.string() + " --preset flash --sparse --out " + dir_->string());
+    const CommandResult r =
+        run_command(kMkmodel.string() + " --preset flash --sparse --out " + dir_->string());
     ASSERT_EQ(r.status, 0) << r.out;
   }
   static void TearDownTestSuite() {
@@ -90,8 +91,7 @@ TEST_F(FlashSkeleton, RankPlanSumsToTheWhole) {
   }
   EXPECT_EQ(owned, report.total_bytes);
   // Every routed expert is on exactly one rank: the ranks' expert bytes sum to all experts.
-  const moerun::CheckpointSchema schema(
-      moerun::ModelConfig::load(*dir_ / "config.json"));
+  const moerun::CheckpointSchema schema(moerun::ModelConfig::load(*dir_ / "config.json"));
   uint64_t all_experts = 0;
   for (const auto& t : schema.tensors())
     if (t.role == moerun::TensorRole::kRoutedExpert) all_experts += t.nbytes();
@@ -101,7 +101,8 @@ TEST_F(FlashSkeleton, RankPlanSumsToTheWhole) {
 }
 
 TEST_F(FlashSkeleton, CommandLineJsonAndText) {
-  const CommandResult j = run_command(kInspect.string() + " " + dir_->string() + " --layout pp=2,ep=8 --json");
+  const CommandResult j =
+      run_command(kInspect.string() + " " + dir_->string() + " --layout pp=2,ep=8 --json");
   ASSERT_EQ(j.status, 0) << j.out;
   const auto parsed = nlohmann::json::parse(j.out);
   EXPECT_EQ(parsed["num_tensors"], 69187);
@@ -117,12 +118,14 @@ TEST_F(FlashSkeleton, CommandLineJsonAndText) {
 }
 
 TEST(InspectCli, GoldenTinyAndBadInput) {
-  const CommandResult ok = run_command(kInspect.string() + " " + (kGolden / "dsv4-tiny/checkpoint").string() +
-                     " --layout pp=2,ep=4");
+  const CommandResult ok =
+      run_command(kInspect.string() + " " + (kGolden / "dsv4-tiny/checkpoint").string() +
+                  " --layout pp=2,ep=4");
   EXPECT_EQ(ok.status, 0) << ok.out;
   EXPECT_NE(ok.out.find("schema       OK"), std::string::npos) << ok.out;
-  const CommandResult bad_layout = run_command(kInspect.string() + " " +
-                             (kGolden / "dsv4-tiny/checkpoint").string() + " --layout pp=2,ep=3");
+  const CommandResult bad_layout =
+      run_command(kInspect.string() + " " + (kGolden / "dsv4-tiny/checkpoint").string() +
+                  " --layout pp=2,ep=3");
   EXPECT_EQ(bad_layout.status, 1);
   EXPECT_NE(bad_layout.out.find("ep=3 does not divide the 16 routed experts"), std::string::npos)
       << bad_layout.out;
@@ -134,14 +137,16 @@ TEST(InspectCli, GoldenTinyAndBadInput) {
 }
 
 TEST(MkmodelCli, RefusesFullSizeWithoutSparseAndBadFlags) {
-  const CommandResult full = run_command(kMkmodel.string() + " --preset flash --out /tmp/moerun-never-written");
+  const CommandResult full =
+      run_command(kMkmodel.string() + " --preset flash --out /tmp/moerun-never-written");
   EXPECT_EQ(full.status, 2);
   EXPECT_NE(full.out.find("add --sparse"), std::string::npos) << full.out;
   EXPECT_FALSE(fs::exists("/tmp/moerun-never-written"));
   const CommandResult preset = run_command(kMkmodel.string() + " --preset huge --out /tmp/x");
   EXPECT_NE(preset.status, 0);
   EXPECT_NE(preset.out.find("huge"), std::string::npos) << preset.out;
-  const CommandResult k = run_command(kMkmodel.string() + " --preset tiny --experts-per-token 40 --out /tmp/moerun-never-written");
+  const CommandResult k = run_command(
+      kMkmodel.string() + " --preset tiny --experts-per-token 40 --out /tmp/moerun-never-written");
   EXPECT_EQ(k.status, 1);
   EXPECT_NE(k.out.find("40"), std::string::npos) << k.out;
   EXPECT_FALSE(fs::exists("/tmp/moerun-never-written/config.json"));

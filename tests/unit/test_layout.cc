@@ -14,8 +14,12 @@ namespace {
 
 const std::filesystem::path kSource = MOERUN_SOURCE_DIR;
 
-moerun::ModelConfig flash() { return moerun::ModelConfig::load(kSource / "configs/dsv4-flash.json"); }
-moerun::ModelConfig tiny() { return moerun::ModelConfig::load(kSource / "configs/dsv4-tiny.json"); }
+moerun::ModelConfig flash() {
+  return moerun::ModelConfig::load(kSource / "configs/dsv4-flash.json");
+}
+moerun::ModelConfig tiny() {
+  return moerun::ModelConfig::load(kSource / "configs/dsv4-tiny.json");
+}
 
 using moerun::testing_util::error_message;
 

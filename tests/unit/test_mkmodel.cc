@@ -24,7 +24,9 @@ namespace {
 namespace fs = std::filesystem;
 const fs::path kSource = MOERUN_SOURCE_DIR;
 
-moerun::ModelConfig tiny() { return moerun::ModelConfig::load(kSource / "configs/dsv4-tiny.json"); }
+moerun::ModelConfig tiny() {
+  return moerun::ModelConfig::load(kSource / "configs/dsv4-tiny.json");
+}
 
 class TempDir {
  public:
@@ -72,7 +74,8 @@ TEST(Mkmodel, TinyIsAReleasedLayoutCheckpoint) {
   const auto tok = nlohmann::json::parse(read_file(tmp.path() / "tokenizer.json"));
   EXPECT_EQ(tok["model"]["type"], "BPE");
   int64_t max_id = -1;
-  for (const auto& [k, v] : tok["model"]["vocab"].items()) max_id = std::max(max_id, v.get<int64_t>());
+  for (const auto& [k, v] : tok["model"]["vocab"].items())
+    max_id = std::max(max_id, v.get<int64_t>());
   for (const auto& a : tok["added_tokens"]) max_id = std::max(max_id, a["id"].get<int64_t>());
   EXPECT_EQ(max_id, config.vocab_size - 1);
   // A second write into the same directory is refused.
@@ -153,9 +156,11 @@ TEST(Mkmodel, ValuesAreQuantizedThroughTheRealPathsAndWellScaled) {
   EXPECT_NEAR(s / static_cast<double>(v.size()), 0.0, 0.02);
   EXPECT_NEAR(s2 / static_cast<double>(v.size()), 1.0, 0.05);
   // Norm weights near 1, sinkhorn scales in [0.3, 1).
-  for (float x : moerun::mkmodel::generate_values(schema, *schema.find("layers.0.attn_norm.weight"), seed))
+  for (float x :
+       moerun::mkmodel::generate_values(schema, *schema.find("layers.0.attn_norm.weight"), seed))
     EXPECT_NEAR(x, 1.0, 0.6);
-  for (float x : moerun::mkmodel::generate_values(schema, *schema.find("layers.0.hc_attn_scale"), seed)) {
+  for (float x :
+       moerun::mkmodel::generate_values(schema, *schema.find("layers.0.hc_attn_scale"), seed)) {
     EXPECT_GE(x, 0.3f);
     EXPECT_LT(x, 1.0f);
   }
@@ -195,12 +200,13 @@ TEST(Mkmodel, SparseSkeletonTakesNoSpace) {
     apparent += static_cast<uint64_t>(st.st_size);
     allocated += static_cast<uint64_t>(st.st_blocks) * 512;
   }
-  EXPECT_GT(apparent, 300u << 20);     // hundreds of MB of tensor ranges ...
-  EXPECT_LT(allocated, apparent / 50); // ... almost none of it on disk
+  EXPECT_GT(apparent, 300u << 20);      // hundreds of MB of tensor ranges ...
+  EXPECT_LT(allocated, apparent / 50);  // ... almost none of it on disk
 }
 
 TEST(Mkmodel, ShardAssignmentKeepsPairsTogether) {
-  const moerun::CheckpointSchema schema(moerun::ModelConfig::load(kSource / "configs/dsv4-flash.json"));
+  const moerun::CheckpointSchema schema(
+      moerun::ModelConfig::load(kSource / "configs/dsv4-flash.json"));
   const auto shards = moerun::mkmodel::assign_shards(schema, 46);
   ASSERT_EQ(shards.size(), 46u);
   size_t total = 0;

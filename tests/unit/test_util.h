@@ -24,7 +24,8 @@ inline std::string error_message(const std::function<void()>& f) {
 // Deterministic test data, reproduced bit for bit by the Python generator quoted in
 // ReferenceFingerprints: n/d in fp32 times a per-block power of two; every ~50th value is
 // made tiny (×2^-20) so that blocks contain values that round to zero.
-inline std::vector<float> gen_matrix(int rows, int cols, uint32_t seed, int block_rows, int block_cols) {
+inline std::vector<float> gen_matrix(int rows, int cols, uint32_t seed, int block_rows,
+                                     int block_cols) {
   std::vector<float> w(static_cast<size_t>(rows) * cols);
   for (int i = 0; i < rows; ++i) {
     for (int j = 0; j < cols; ++j) {

@@ -37,7 +37,8 @@ Report inspect_checkpoint(const std::filesystem::path& dir,
         if (spec->format == TensorFormat::kHashTable && t.shape.size() == 2)
           r.hash_table_width = t.shape[1];
         // Count weights from the checkpoint's own shapes (the schema decides the format).
-        const int64_t n = spec->dtype == t.dtype && spec->shape == t.shape ? spec->num_weights() : 0;
+        const int64_t n =
+            spec->dtype == t.dtype && spec->shape == t.shape ? spec->num_weights() : 0;
         r.parameters += n;
         if (spec->layer < config.num_hidden_layers) r.parameters_without_mtp += n;
       }
@@ -157,11 +158,13 @@ std::string Report::to_text() const {
   out += fmt::format("shards       {} ({} tensors, {} bytes = {}; headers parsed in {:.1f} ms)\n",
                      num_shards, grouped(num_tensors), grouped(static_cast<int64_t>(total_bytes)),
                      human_bytes(total_bytes), header_parse_ms);
-  out += fmt::format("schema       {}\n", schema.ok() ? "OK: every tensor present with the expected dtype and shape"
-                                                      : "MISMATCH\n" + schema.describe());
-  out += fmt::format("parameters   {} ({} without MTP; FP4 values counted one each, scales "
-                     "and tid2eid excluded)\n",
-                     grouped(parameters), grouped(parameters_without_mtp));
+  out += fmt::format("schema       {}\n",
+                     schema.ok() ? "OK: every tensor present with the expected dtype and shape"
+                                 : "MISMATCH\n" + schema.describe());
+  out += fmt::format(
+      "parameters   {} ({} without MTP; FP4 values counted one each, scales "
+      "and tid2eid excluded)\n",
+      grouped(parameters), grouped(parameters_without_mtp));
   out += "bytes        ";
   bool first = true;
   for (const auto& [dtype, cb] : by_dtype) {
@@ -185,18 +188,19 @@ std::string Report::to_text() const {
                        "loads", "experts", "owned");
     uint64_t loads = 0, owned = 0;
     for (const RankPlan& p : ranks) {
-      out += fmt::format("{:>5} {:>5} {:>6} {:>11} {:>11} {:>5} {:>4} {:>8} {:>12} {:>12} {:>12}\n",
-                         p.rank, p.stage, p.column,
-                         fmt::format("[{},{})", p.layer_begin, p.layer_end),
-                         fmt::format("[{},{})", p.expert_begin, p.expert_end),
-                         p.embedding ? "yes" : "-", p.head ? "yes" : "-", p.num_tensors,
-                         human_bytes(p.bytes), human_bytes(p.expert_bytes), human_bytes(p.owned_bytes));
+      out += fmt::format(
+          "{:>5} {:>5} {:>6} {:>11} {:>11} {:>5} {:>4} {:>8} {:>12} {:>12} {:>12}\n", p.rank,
+          p.stage, p.column, fmt::format("[{},{})", p.layer_begin, p.layer_end),
+          fmt::format("[{},{})", p.expert_begin, p.expert_end), p.embedding ? "yes" : "-",
+          p.head ? "yes" : "-", p.num_tensors, human_bytes(p.bytes), human_bytes(p.expert_bytes),
+          human_bytes(p.owned_bytes));
       loads += p.bytes;
       owned += p.owned_bytes;
     }
-    out += fmt::format("total: ranks load {} (dense weights replicated per column); owned bytes "
-                       "sum to {} = {} the checkpoint\n",
-                       human_bytes(loads), human_bytes(owned), owned == total_bytes ? "all of" : "NOT");
+    out += fmt::format(
+        "total: ranks load {} (dense weights replicated per column); owned bytes "
+        "sum to {} = {} the checkpoint\n",
+        human_bytes(loads), human_bytes(owned), owned == total_bytes ? "all of" : "NOT");
   }
   return out;
 }

@@ -20,9 +20,9 @@ struct RankPlan {
   int64_t layer_begin = 0, layer_end = 0, expert_begin = 0, expert_end = 0;
   bool embedding = false, head = false;
   int64_t num_tensors = 0;
-  uint64_t bytes = 0;        // everything the rank loads (replicated dense weights included)
-  uint64_t expert_bytes = 0; // its routed experts
-  uint64_t owned_bytes = 0;  // tensors for which it is the lowest rank holding them
+  uint64_t bytes = 0;         // everything the rank loads (replicated dense weights included)
+  uint64_t expert_bytes = 0;  // its routed experts
+  uint64_t owned_bytes = 0;   // tensors for which it is the lowest rank holding them
 };
 
 struct Report {

@@ -18,8 +18,7 @@ int main(int argc, char** argv) {
   CLI::App app{"Validate and summarise a DeepSeek-V4 checkpoint directory"};
   std::string dir, layout_spec;
   bool as_json = false;
-  app.add_option("dir", dir, "Checkpoint directory (config.json + safetensors shards)")
-      ->required();
+  app.add_option("dir", dir, "Checkpoint directory (config.json + safetensors shards)")->required();
   app.add_option("--layout", layout_spec, "Per-rank plan for a layout, e.g. pp=2,ep=8");
   app.add_flag("--json", as_json, "Print the report as JSON");
   CLI11_PARSE(app, argc, argv);

@@ -63,9 +63,8 @@ int run(int argc, char** argv) {
                  preset->name);
     return 2;
   }
-  moerun::ModelConfig config =
-      moerun::ModelConfig::from_json(nlohmann::json::parse(preset->config_json),
-                                     std::string("preset ") + preset->name);
+  moerun::ModelConfig config = moerun::ModelConfig::from_json(
+      nlohmann::json::parse(preset->config_json), std::string("preset ") + preset->name);
   if (experts_per_token > 0) config = config.with_experts_per_tok(experts_per_token);
 
   moerun::mkmodel::CheckpointWriteOptions options;

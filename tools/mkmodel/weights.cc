@@ -62,8 +62,9 @@ std::vector<float> blocked_matrix(Rng& rng, int64_t out, int64_t in, double var,
   std::vector<float> w(static_cast<size_t>(out * in));
   for (int64_t i = 0; i < out; ++i)
     for (int64_t j = 0; j < in; ++j)
-      w[static_cast<size_t>(i * in + j)] = static_cast<float>(
-          rng.normal() * sd * gains[static_cast<size_t>((i / block_rows) * bcols + j / block_cols)]);
+      w[static_cast<size_t>(i * in + j)] =
+          static_cast<float>(rng.normal() * sd *
+                             gains[static_cast<size_t>((i / block_rows) * bcols + j / block_cols)]);
   return w;
 }
 
@@ -89,10 +90,10 @@ std::vector<float> generate_values(const CheckpointSchema& schema, const TensorS
   const ModelConfig& c = schema.config();
   const std::string_view name = spec.name;
   const double dim = static_cast<double>(c.hidden_size);
-  Rng rng(tensor_seed(seed, spec.format == TensorFormat::kFp8Scale ||
-                                    spec.format == TensorFormat::kFp4Scale
-                                ? base_name(name) + ".weight"
-                                : spec.name));
+  Rng rng(tensor_seed(
+      seed, spec.format == TensorFormat::kFp8Scale || spec.format == TensorFormat::kFp4Scale
+                ? base_name(name) + ".weight"
+                : spec.name));
 
   if (spec.format == TensorFormat::kFp8Weight || spec.format == TensorFormat::kFp4Weight) {
     const bool fp4 = spec.format == TensorFormat::kFp4Weight;
@@ -118,8 +119,7 @@ std::vector<float> generate_values(const CheckpointSchema& schema, const TensorS
     return w;
   }
 
-  MOERUN_CHECK(spec.format == TensorFormat::kPlain, "tensor '{}' has no float values",
-               spec.name);
+  MOERUN_CHECK(spec.format == TensorFormat::kPlain, "tensor '{}' has no float values", spec.name);
   std::vector<float> v(static_cast<size_t>(spec.numel()));
   auto fill_normal = [&](double mean, double var) {
     const double sd = std::sqrt(var);
@@ -152,7 +152,7 @@ std::vector<float> generate_values(const CheckpointSchema& schema, const TensorS
     fill_normal(0.0, 0.0225);
   } else if (ends_with(name, "compressor.wgate.weight")) {
     fill_normal(0.0, 2.25 / static_cast<double>(fan_in));  // ×1.5 in standard deviation
-  } else if (spec.shape.size() == 2) {  // compressor wkv, indexer weights_proj
+  } else if (spec.shape.size() == 2) {                     // compressor wkv, indexer weights_proj
     fill_normal(0.0, 1.0 / static_cast<double>(fan_in));
   } else {
     MOERUN_THROW("tensor '{}': no value recipe", spec.name);
@@ -178,8 +178,9 @@ std::map<std::string, std::vector<std::byte>> generate_tensor(const CheckpointSc
       for (int64_t r = 0; r < rows; ++r) {
         for (size_t e = 0; e < perm.size(); ++e) perm[e] = static_cast<int64_t>(e);
         for (int64_t j = 0; j < k; ++j) {
-          const size_t pick = static_cast<size_t>(j) +
-                              static_cast<size_t>(rng.next() % (perm.size() - static_cast<size_t>(j)));
+          const size_t pick =
+              static_cast<size_t>(j) +
+              static_cast<size_t>(rng.next() % (perm.size() - static_cast<size_t>(j)));
           std::swap(perm[static_cast<size_t>(j)], perm[pick]);
           table[static_cast<size_t>(r * k + j)] = perm[static_cast<size_t>(j)];
         }
@@ -191,8 +192,8 @@ std::map<std::string, std::vector<std::byte>> generate_tensor(const CheckpointSc
     case TensorFormat::kFp4Weight:
     case TensorFormat::kFp8Scale:
     case TensorFormat::kFp4Scale: {
-      const bool fp4 = spec.format == TensorFormat::kFp4Weight ||
-                       spec.format == TensorFormat::kFp4Scale;
+      const bool fp4 =
+          spec.format == TensorFormat::kFp4Weight || spec.format == TensorFormat::kFp4Scale;
       const std::string base = base_name(spec.name);
       const TensorSpec* weight = schema.find(base + ".weight");
       const TensorSpec* scale = schema.find(base + ".scale");
