@@ -36,14 +36,26 @@ install_packages() {
   ((${#missing[@]} == 0)) && return 0
   echo "setup.sh: installing ${missing[*]}"
   local sudo=()
-  ((EUID != 0)) && sudo=(sudo)
+  if ((EUID != 0)); then
+    command -v sudo >/dev/null || {
+      echo "setup.sh: need root (or sudo) to install: ${missing[*]}" >&2
+      exit 1
+    }
+    sudo=(sudo)
+  fi
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
 }
 
 build() {
-  cmake --preset "$PRESET" >/dev/null
+  mkdir -p build
+  local log="build/configure-${PRESET}.log"
+  if ! cmake --preset "$PRESET" >"$log" 2>&1; then
+    cat "$log" >&2
+    exit 1
+  fi
+  grep -E '^-- moerun:' "$log" || true  # e.g. whether CUDA targets are built
   cmake --build --preset "$PRESET" -- -j"$(nproc)"
 }
 
