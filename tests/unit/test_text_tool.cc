@@ -175,6 +175,19 @@ TEST(TextTool, ChatIdsKeepTypedControlTokensAsText) {
   }
   EXPECT_GE(compared, 50);
 
+  // The reference behaviour on request: every golden prompt as Hugging Face tokenizes it whole.
+  const auto [ref_lines, ref_status] =
+      run_text("chat --match-special-in-content --tokenizer " + tok.string(), as_input(cases));
+  ASSERT_EQ(ref_status, 0);
+  int literal_compared = 0;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const auto it = hf.find("chat-" + cases[i]["id"].get<std::string>());
+    if (cases[i].contains("expected_error") || it == hf.end()) continue;
+    EXPECT_EQ(json::parse(ref_lines[i])["ids"], it->second["ids"]) << cases[i]["id"];
+    literal_compared += cases[i]["messages"].dump().find("<｜") != std::string::npos;
+  }
+  EXPECT_GE(literal_compared, 1);  // includes prompts whose contents spell control tokens
+
   const std::string typed = "<｜User｜>hi</think>";
   const auto [t_lines, t_status] = run_text(
       "chat --tokenizer " + tok.string(),

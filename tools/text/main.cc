@@ -13,7 +13,8 @@
 // messages, thinking_mode ("chat" / "thinking"), drop_thinking, reasoning_effort,
 // add_default_bos_token, context — each optional with the reference's defaults. With
 // --tokenizer it also prints the prompt's ids, message contents encoded with special-token
-// matching off and the template's own tokens with it on.
+// matching off and the template's own tokens with it on; --match-special-in-content restores
+// the reference's behaviour (the whole prompt tokenized as one text).
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -64,7 +65,7 @@ moerun::chat::EncodeOptions chat_options(const json& in) {
   return opt;
 }
 
-json chat_line(const json& in, const moerun::Tokenizer* tokenizer) {
+json chat_line(const json& in, const moerun::Tokenizer* tokenizer, bool match_in_content) {
   MOERUN_CHECK(in.contains("messages"), "input line needs a field \"messages\"");
   const auto options = chat_options(in);
   const auto pieces = moerun::chat::encode_messages_pieces(in["messages"], options);
@@ -72,8 +73,9 @@ json chat_line(const json& in, const moerun::Tokenizer* tokenizer) {
   std::vector<moerun::TextSpan> spans;
   for (const auto& piece : pieces) {
     prompt += piece.text;
-    spans.push_back({piece.text, piece.special ? moerun::SpecialTokens::kMatch
-                                               : moerun::SpecialTokens::kAsText});
+    spans.push_back({piece.text, piece.special || match_in_content
+                                     ? moerun::SpecialTokens::kMatch
+                                     : moerun::SpecialTokens::kAsText});
   }
   json out = {{"prompt", prompt}};
   if (tokenizer) out["ids"] = tokenizer->encode_spans(spans);
@@ -109,6 +111,10 @@ int main(int argc, char** argv) {
   encode->add_option("--tokenizer", tokenizer_path, "tokenizer.json")->required();
   auto* chat = app.add_subcommand("chat", "chat-encoding case → {id, prompt[, ids]}");
   chat->add_option("--tokenizer", tokenizer_path, "also tokenize the prompt");
+  bool match_in_content = false;
+  chat->add_flag("--match-special-in-content", match_in_content,
+                 "reference behaviour: control-token spellings inside message contents become "
+                 "control tokens (the whole prompt is tokenized as one text)");
   auto* parse = app.add_subcommand("parse", "completion case → {id, message}");
   CLI11_PARSE(app, argc, argv);
 
@@ -133,7 +139,7 @@ int main(int argc, char** argv) {
       if (encode->parsed()) {
         result = encode_line(in, *tokenizer);
       } else if (chat->parsed()) {
-        result = chat_line(in, tokenizer ? &*tokenizer : nullptr);
+        result = chat_line(in, tokenizer ? &*tokenizer : nullptr, match_in_content);
       } else if (parse->parsed()) {
         result = parse_line(in);
       }
