@@ -7,7 +7,6 @@
 #include "tools/mkmodel/tokenizer_gen.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <fstream>
@@ -431,16 +430,6 @@ TEST(TokenizerGen, RejectsBadSizes) {
       EXPECT_NE(std::string(e.what()).find(std::to_string(v)), std::string::npos) << e.what();
     }
   }
-}
-
-TEST(TokenizerGen, RealVocabBuildsQuickly) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const json tok = make_tokenizer_json(kDsv4VocabSize);
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  // Target is well under 2 s in a release build; the bound leaves room for sanitizer builds
-  // while still catching per-id retraining.
-  EXPECT_LT(s, 20.0);
-  RecordProperty("build_seconds", fmt::format("{:.3f}", s));
 }
 
 TEST(TokenizerGen, ConfigMatchesFixture) {
