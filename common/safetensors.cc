@@ -39,7 +39,7 @@ constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 // megabyte-long names).
 constexpr size_t kMaxQuotedChars = 160;
 
-constexpr std::string_view kIndexFileName = "model.safetensors.index.json";
+constexpr std::string_view kSafetensorsIndexName = "model.safetensors.index.json";
 constexpr std::string_view kSingleFileName = "model.safetensors";
 constexpr std::string_view kMetadataKey = "__metadata__";
 
@@ -608,11 +608,6 @@ std::span<const std::byte> SafetensorsFile::data(const TensorInfo& info) const {
 
 namespace {
 
-struct IndexFile {
-  std::optional<uint64_t> total_size;
-  std::vector<std::pair<std::string, std::string>> weight_map;  // tensor -> shard, file order
-};
-
 // SAX handler for model.safetensors.index.json:
 //   {"metadata": {"total_size": uint, other keys: anything}, "weight_map": {str: str}}
 // with "metadata" optional. Throws at the first deviation.
@@ -620,7 +615,7 @@ class IndexSax {
  public:
   using json = nlohmann::json;
 
-  IndexSax(std::string_view label, IndexFile* out) : label_(label), out_(out) {}
+  IndexSax(std::string_view label, SafetensorsIndex* out) : label_(label), out_(out) {}
   bool done() const { return state_ == State::kDone; }
 
   bool null() { return value("null"); }
@@ -791,7 +786,7 @@ class IndexSax {
   }
 
   std::string_view label_;
-  IndexFile* out_;
+  SafetensorsIndex* out_;
   State state_ = State::kRoot;
   bool seen_metadata_ = false;
   bool seen_weight_map_ = false;
@@ -799,17 +794,6 @@ class IndexSax {
   std::string map_key_;
   int skip_depth_ = 0;
 };
-
-IndexFile read_index(const std::filesystem::path& path) {
-  const MappedFile mapped(path);
-  const std::string label = path.string();
-  IndexFile index;
-  IndexSax sax(label, &index);
-  const auto* text = reinterpret_cast<const char*>(mapped.bytes().data());
-  const bool ok = nlohmann::json::sax_parse(text, text + mapped.bytes().size(), &sax);
-  MOERUN_CHECK(ok && sax.done(), "{}: index parse stopped early", label);
-  return index;
-}
 
 // A shard name must name a file inside the checkpoint directory.
 bool is_plain_file_name(std::string_view name) {
@@ -819,27 +803,11 @@ bool is_plain_file_name(std::string_view name) {
 
 }  // namespace
 
-Checkpoint Checkpoint::open(const std::filesystem::path& dir) {
-  Checkpoint ckpt;
-  ckpt.dir_ = dir;
-  const std::filesystem::path index_path = dir / kIndexFileName;
-  const std::filesystem::path single_path = dir / kSingleFileName;
-  std::error_code ec;
-
-  if (!std::filesystem::exists(index_path, ec)) {
-    if (!std::filesystem::exists(single_path, ec)) {
-      MOERUN_THROW("{}: no checkpoint, expected {} (with its shards) or {} in this directory",
-                   dir.string(), kIndexFileName, kSingleFileName);
-    }
-    ckpt.shards_.push_back(SafetensorsFile::open(single_path));
-    for (const TensorInfo& t : ckpt.shards_[0].tensors()) {
-      ckpt.entries_.emplace(t.name, Entry{&t, 0});
-    }
-    return ckpt;
-  }
-
-  const std::string label = index_path.string();
-  IndexFile index = read_index(index_path);
+SafetensorsIndex parse_safetensors_index(std::string_view json, std::string_view label) {
+  SafetensorsIndex index;
+  IndexSax sax(label, &index);
+  const bool ok = nlohmann::json::sax_parse(json.data(), json.data() + json.size(), &sax);
+  MOERUN_CHECK(ok && sax.done(), "{}: index parse stopped early", label);
   std::sort(index.weight_map.begin(), index.weight_map.end());
   for (size_t i = 1; i < index.weight_map.size(); ++i) {
     if (index.weight_map[i - 1].first == index.weight_map[i].first) {
@@ -849,19 +817,46 @@ Checkpoint Checkpoint::open(const std::filesystem::path& dir) {
           label, name_for_error(index.weight_map[i].first));
     }
   }
-
-  // Distinct shards in name order, each with the first tensor the index maps to it (for the
-  // error when the shard is missing).
-  std::map<std::string_view, std::string_view> first_tensor_of_shard;
   for (const auto& [tensor, shard] : index.weight_map) {
     if (!is_plain_file_name(shard)) {
       MOERUN_THROW(
           "{}: tensor '{}': shard file name is not a plain file name, got {}, expected "
-          "a name without '/' or '..' inside {}",
-          label, name_for_error(tensor), quote_for_error(shard), dir.string());
+          "a name without '/' or '..' (a file beside the index)",
+          label, name_for_error(tensor), quote_for_error(shard));
     }
-    first_tensor_of_shard.emplace(shard, tensor);
   }
+  return index;
+}
+
+Checkpoint Checkpoint::open(const std::filesystem::path& dir) {
+  Checkpoint ckpt;
+  ckpt.dir_ = dir;
+  const std::filesystem::path index_path = dir / kSafetensorsIndexName;
+  const std::filesystem::path single_path = dir / kSingleFileName;
+  std::error_code ec;
+
+  if (!std::filesystem::exists(index_path, ec)) {
+    if (!std::filesystem::exists(single_path, ec)) {
+      MOERUN_THROW("{}: no checkpoint, expected {} (with its shards) or {} in this directory",
+                   dir.string(), kSafetensorsIndexName, kSingleFileName);
+    }
+    ckpt.shards_.push_back(SafetensorsFile::open(single_path));
+    for (const TensorInfo& t : ckpt.shards_[0].tensors()) {
+      ckpt.entries_.emplace(t.name, Entry{&t, 0});
+    }
+    return ckpt;
+  }
+
+  const std::string label = index_path.string();
+  const MappedFile mapped(index_path);
+  SafetensorsIndex index = parse_safetensors_index(
+      std::string_view(reinterpret_cast<const char*>(mapped.bytes().data()), mapped.bytes().size()),
+      label);
+
+  // Distinct shards in name order, each with the first tensor the index maps to it (for the
+  // error when the shard is missing).
+  std::map<std::string_view, std::string_view> first_tensor_of_shard;
+  for (const auto& [tensor, shard] : index.weight_map) first_tensor_of_shard.emplace(shard, tensor);
   std::unordered_map<std::string_view, size_t> shard_idx;
   ckpt.shards_.reserve(first_tensor_of_shard.size());
   for (const auto& [shard, tensor] : first_tensor_of_shard) {
@@ -1129,7 +1124,7 @@ void write_safetensors_index(const std::filesystem::path& dir,
                  tensor, quote_for_error(shard));
     index["weight_map"][tensor] = shard;
   }
-  const std::filesystem::path path = dir / kIndexFileName;
+  const std::filesystem::path path = dir / kSafetensorsIndexName;
   std::string text;
   try {
     text = index.dump(2);

@@ -84,6 +84,16 @@ SafetensorsHeader parse_safetensors_header(std::string_view json, uint64_t data_
 // its input.
 SafetensorsHeader parse_safetensors_file(std::span<const std::byte> file, std::string_view label);
 
+// model.safetensors.index.json of a sharded checkpoint, parsed and checked: an object with
+// "weight_map" (tensor → shard file name, each tensor once, shard names plain file names
+// without '/' or '..') and optional "metadata" (its "total_size", if present, an unsigned
+// integer). Checkpoint::open calls it; the fuzzer calls it on its input.
+struct SafetensorsIndex {
+  std::optional<uint64_t> total_size;
+  std::vector<std::pair<std::string, std::string>> weight_map;  // sorted by tensor name
+};
+SafetensorsIndex parse_safetensors_index(std::string_view json, std::string_view label);
+
 // One memory-mapped .safetensors file. Data pages are only touched when a tensor's bytes
 // are read, so opening a 4 GB shard (or a sparse skeleton) costs only its header.
 class SafetensorsFile {

@@ -2,10 +2,10 @@
 // invariants hold or throw moerun::Error; any other exception, crash or sanitizer report is
 // a bug.
 //
-// Each input is read twice: as a whole file (u64 length, JSON, data section: the path of
-// SafetensorsFile::open) and as bare header JSON against a fixed data-section size, so that
+// Each input is read three ways: as a whole file (u64 length, JSON, data section: the path of
+// SafetensorsFile::open), as bare header JSON against a fixed data-section size, so that
 // mutations of the JSON reach the schema checks without having to keep the length prefix
-// in step.
+// in step, and as a model.safetensors.index.json.
 //
 // Built as a libFuzzer target when MOERUN_FUZZ is on; built with MOERUN_FUZZ_REPLAY_MAIN
 // always, as a replay of the corpus run by ctest.
@@ -73,6 +73,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     check_header(moerun::parse_safetensors_header(json, kBareDataSize, "fuzz-input"), kBareDataSize,
                  size);
+  } catch (const moerun::Error&) {
+  }
+  // The same bytes as a model.safetensors.index.json.
+  try {
+    const moerun::SafetensorsIndex index = moerun::parse_safetensors_index(json, "fuzz-index");
+    for (size_t i = 0; i < index.weight_map.size(); ++i) {
+      const auto& [tensor, shard] = index.weight_map[i];
+      if (i > 0) check(index.weight_map[i - 1].first < tensor, "weight_map sorted and unique");
+      check(!shard.empty() && shard.find('/') == std::string::npos &&
+                shard.find("..") == std::string::npos,
+            "shard names are plain file names");
+    }
   } catch (const moerun::Error&) {
   }
   return 0;
