@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <string>
@@ -58,26 +59,34 @@ std::string as_input(const std::vector<json>& lines) {
   return s;
 }
 
+// Runs every case through `moerun-text args` and calls check(case, output) per line, after
+// checking the exit status, the line count and that each output keeps its input's id.
+void for_each_output(const std::string& args, const std::vector<json>& cases,
+                     const std::function<void(const json&, const json&)>& check) {
+  const auto [lines, status] = run_text(args, as_input(cases));
+  ASSERT_EQ(status, 0);
+  ASSERT_EQ(lines.size(), cases.size());
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const json out = json::parse(lines[i]);
+    SCOPED_TRACE(cases[i].value("id", json()).dump() + " → " + lines[i]);
+    EXPECT_EQ(out["id"], cases[i].value("id", json()));
+    check(cases[i], out);
+  }
+}
+
 TEST(TextTool, ChatCasesReproduceTheReference) {
   const auto cases = read_jsonl(kGolden / "chat-encoding/cases.jsonl");
   ASSERT_EQ(cases.size(), 75u);
-  const auto [lines, status] = run_text("chat", as_input(cases));
-  ASSERT_EQ(status, 0);
-  ASSERT_EQ(lines.size(), cases.size());
   int prompts = 0, errors = 0;
-  for (size_t i = 0; i < cases.size(); ++i) {
-    const json out = json::parse(lines[i]);
-    SCOPED_TRACE(cases[i]["id"].get<std::string>());
-    EXPECT_EQ(out["id"], cases[i]["id"]);
-    if (cases[i].contains("expected_error")) {
-      EXPECT_TRUE(out.contains("error")) << lines[i];
+  for_each_output("chat", cases, [&](const json& c, const json& out) {
+    if (c.contains("expected_error")) {
+      EXPECT_TRUE(out.contains("error"));
       ++errors;
     } else {
-      ASSERT_TRUE(out.contains("prompt")) << lines[i];
-      EXPECT_EQ(out["prompt"], cases[i]["expected_prompt"]);
+      EXPECT_EQ(out["prompt"], c["expected_prompt"]);
       ++prompts;
     }
-  }
+  });
   EXPECT_EQ(prompts, 72);
   EXPECT_EQ(errors, 3);
 }
@@ -85,34 +94,22 @@ TEST(TextTool, ChatCasesReproduceTheReference) {
 TEST(TextTool, ParseCasesReproduceTheReference) {
   const auto cases = read_jsonl(kGolden / "chat-encoding/parse_cases.jsonl");
   ASSERT_EQ(cases.size(), 21u);
-  const auto [lines, status] = run_text("parse", as_input(cases));
-  ASSERT_EQ(status, 0);
-  ASSERT_EQ(lines.size(), cases.size());
-  for (size_t i = 0; i < cases.size(); ++i) {
-    const json out = json::parse(lines[i]);
-    SCOPED_TRACE(cases[i]["id"].get<std::string>());
-    EXPECT_EQ(out["id"], cases[i]["id"]);
-    if (cases[i].contains("expected_error")) {
-      EXPECT_TRUE(out.contains("error")) << lines[i];
+  for_each_output("parse", cases, [](const json& c, const json& out) {
+    if (c.contains("expected_error")) {
+      EXPECT_TRUE(out.contains("error"));
     } else {
-      EXPECT_EQ(out["message"], cases[i]["expected_message"]) << lines[i];
+      EXPECT_EQ(out["message"], c["expected_message"]);
     }
-  }
+  });
 }
 
 TEST(TextTool, EncodeCasesReproduceHuggingFace) {
   const auto cases = read_jsonl(kGolden / "tokenizer-small/cases.jsonl");
-  const auto [lines, status] =
-      run_text("encode --tokenizer " + (kGolden / "tokenizer-small/tokenizer.json").string(),
-               as_input(cases));
-  ASSERT_EQ(status, 0);
-  ASSERT_EQ(lines.size(), cases.size());
-  for (size_t i = 0; i < cases.size(); ++i) {
-    const json out = json::parse(lines[i]);
-    SCOPED_TRACE(cases[i]["id"].get<std::string>());
-    EXPECT_EQ(out["ids"], cases[i]["ids"]);
-    EXPECT_EQ(out["decoded"], cases[i]["decoded"]);
-  }
+  for_each_output("encode --tokenizer " + (kGolden / "tokenizer-small/tokenizer.json").string(),
+                  cases, [](const json& c, const json& out) {
+                    EXPECT_EQ(out["ids"], c["ids"]);
+                    EXPECT_EQ(out["decoded"], c["decoded"]);
+                  });
 }
 
 TEST(TextTool, BadLinesGetErrorsAndTheToolGoesOn) {
