@@ -18,8 +18,7 @@ namespace {
 
 const std::filesystem::path kGolden = MOERUN_GOLDEN_DIR;
 
-std::vector<float> dequantized(const moerun::Checkpoint& ckpt, const moerun::TensorSpec& spec,
-                               const moerun::CheckpointSchema& schema) {
+std::vector<float> dequantized(const moerun::Checkpoint& ckpt, const moerun::TensorSpec& spec) {
   const auto bytes = ckpt.data(spec.name);
   const auto* u8 = reinterpret_cast<const uint8_t*>(bytes.data());
   std::vector<float> out;
@@ -53,7 +52,6 @@ std::vector<float> dequantized(const moerun::Checkpoint& ckpt, const moerun::Ten
     default:
       ADD_FAILURE() << spec.name << " has no float values";
   }
-  (void)schema;
   return out;
 }
 
@@ -106,7 +104,7 @@ TEST(GoldenTiny, EveryTensorMatchesItsStatistics) {
       ++checked_tables;
       continue;
     }
-    const std::vector<float> v = dequantized(ckpt, spec, schema);
+    const std::vector<float> v = dequantized(ckpt, spec);
     double sum = 0, sum_sq = 0;
     for (float x : v) {
       sum += x;
