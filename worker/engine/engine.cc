@@ -1,0 +1,277 @@
+// Engine: request validation, KV admission, batch assembly, and the step's order of work —
+// main blocks, head, then the MTP block one position behind (it needs token t+1).
+#include "worker/engine/engine.h"
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include "common/error.h"
+
+namespace moerun::engine {
+
+Engine::Engine(const EngineOptions& options) : options_(options) {
+  kernels_ = kernels::make_kernels(options_.kernels, options_.num_threads);
+  weights_ = model::ModelWeights::load(options_.checkpoint, *kernels_, options_.experts_per_token,
+                                       {}, options_.config);
+  const ModelConfig& c = weights_->config();
+  if (options_.max_context == 0)
+    options_.max_context = std::min<int64_t>(c.max_position_embeddings, 4096);
+  MOERUN_CHECK(options_.max_context > 0 && options_.max_context <= c.max_position_embeddings,
+               "max_context {} must be in 1..max_position_embeddings ({})", options_.max_context,
+               c.max_position_embeddings);
+  MOERUN_CHECK(options_.max_sequences > 0, "max_sequences {} must be >= 1",
+               options_.max_sequences);
+  MOERUN_CHECK(options_.max_batch_tokens > 0, "max_batch_tokens {} must be >= 1",
+               options_.max_batch_tokens);
+  if (options_.block_tokens == 0)
+    options_.block_tokens = kv::KvLayout::default_block_tokens(c);
+  MOERUN_CHECK(options_.block_tokens > 0, "block_tokens {} must be >= 1", options_.block_tokens);
+  kv::KvLayout layout(c, options_.block_tokens);
+  const int64_t per_seq = (options_.max_context + options_.block_tokens - 1) / options_.block_tokens;
+  if (options_.kv_blocks == 0) options_.kv_blocks = options_.max_sequences * per_seq;
+  pool_ = std::make_unique<kv::KvPool>(std::move(layout), options_.max_sequences,
+                                       options_.kv_blocks);
+  model_ = std::make_unique<model::Model>(*weights_, *kernels_, *pool_, options_.max_context);
+}
+
+Engine::~Engine() = default;
+
+Capacity Engine::capacity() const {
+  Capacity cap;
+  cap.max_sequences = pool_->max_sequences();
+  cap.free_sequences = pool_->free_slots();
+  cap.block_tokens = pool_->layout().block_tokens();
+  cap.kv_blocks = pool_->num_blocks();
+  cap.free_kv_blocks = pool_->free_blocks();
+  cap.max_context = options_.max_context;
+  cap.max_batch_tokens = options_.max_batch_tokens;
+  cap.kv_bytes = pool_->bytes();
+  return cap;
+}
+
+SeqId Engine::add_sequence() {
+  Sequence s;
+  s.kv = pool_->acquire();
+  const SeqId id = next_id_++;
+  sequences_.emplace(id, std::move(s));
+  return id;
+}
+
+Engine::Sequence& Engine::find(SeqId seq, const char* what) {
+  auto it = sequences_.find(seq);
+  MOERUN_CHECK(it != sequences_.end(), "{}: unknown sequence id {}", what, seq);
+  return it->second;
+}
+
+void Engine::free_sequence(SeqId seq) {
+  Sequence& s = find(seq, "free_sequence");
+  pool_->release(s.kv);
+  sequences_.erase(seq);
+}
+
+int64_t Engine::length(SeqId seq) const {
+  auto it = sequences_.find(seq);
+  MOERUN_CHECK(it != sequences_.end(), "length: unknown sequence id {}", seq);
+  return it->second.kv.length;
+}
+
+std::vector<StepResult> Engine::step(const std::vector<StepRequest>& requests,
+                                     model::ForwardObserver* obs) {
+  const ModelConfig& c = config();
+  const int64_t hc = c.hc_mult, d = c.hidden_size, vocab = c.vocab_size;
+
+  // ---- validate everything before touching any state --------------------------------
+  MOERUN_CHECK(!requests.empty(), "step: no requests");
+  std::set<SeqId> seen;
+  int64_t total = 0, blocks_needed = 0;
+  for (const StepRequest& r : requests) {
+    Sequence& s = find(r.seq, "step");
+    MOERUN_CHECK(seen.insert(r.seq).second, "step: sequence {} appears twice in one step", r.seq);
+    MOERUN_CHECK(!s.failed, "step: sequence {} failed in an earlier step; free it", r.seq);
+    MOERUN_CHECK(!r.tokens.empty(), "step: request for sequence {} has no tokens", r.seq);
+    for (size_t i = 0; i < r.tokens.size(); ++i)
+      MOERUN_CHECK(r.tokens[i] >= 0 && r.tokens[i] < vocab,
+                   "step: sequence {} token {} (index {}) is outside the vocabulary 0..{}", r.seq,
+                   r.tokens[i], i, vocab - 1);
+    const int64_t end = s.kv.length + static_cast<int64_t>(r.tokens.size());
+    MOERUN_CHECK(end <= options_.max_context,
+                 "step: sequence {} would reach {} positions, past the context of {} "
+                 "(max_position_embeddings {})",
+                 r.seq, end, options_.max_context, c.max_position_embeddings);
+    total += static_cast<int64_t>(r.tokens.size());
+    blocks_needed += pool_->blocks_for(end) - static_cast<int64_t>(s.kv.blocks.size());
+  }
+  MOERUN_CHECK(total <= options_.max_batch_tokens,
+               "step: {} tokens in one step, over max_batch_tokens {}", total,
+               options_.max_batch_tokens);
+  MOERUN_CHECK(blocks_needed <= pool_->free_blocks(),
+               "step: the batch needs {} more KV blocks of {} tokens, {} of {} free", blocks_needed,
+               pool_->layout().block_tokens(), pool_->free_blocks(), pool_->num_blocks());
+
+  // ---- admission (cannot fail now) and the batch -------------------------------------
+  model::StepBatch batch;
+  for (const StepRequest& r : requests) {
+    Sequence& s = sequences_.at(r.seq);
+    pool_->reserve(s.kv, s.kv.length + static_cast<int64_t>(r.tokens.size()));
+    model::Segment seg;
+    seg.kv = &s.kv;
+    seg.start = s.kv.length;
+    seg.begin = batch.rows();
+    seg.count = static_cast<int64_t>(r.tokens.size());
+    for (int64_t i = 0; i < seg.count; ++i) {
+      batch.tokens.push_back(r.tokens[i]);
+      batch.positions.push_back(static_cast<int32_t>(seg.start + i));
+    }
+    batch.segments.push_back(seg);
+  }
+
+  std::vector<StepResult> results(requests.size());
+  try {
+    std::vector<float> h(static_cast<size_t>(batch.rows() * hc * d));
+    model_->embed(batch, h.data());
+    model_->run_layers(batch, h.data(), 0, c.num_hidden_layers, obs);
+
+    std::vector<int64_t> rows;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const model::Segment& seg = batch.segments[i];
+      StepResult& res = results[i];
+      res.seq = requests[i].seq;
+      res.first_position = requests[i].all_logits ? seg.start : seg.start + seg.count - 1;
+      res.rows = requests[i].all_logits ? seg.count : 1;
+      for (int64_t r = 0; r < res.rows; ++r) rows.push_back(seg.begin + seg.count - res.rows + r);
+    }
+    std::vector<float> logits(rows.size() * static_cast<size_t>(vocab));
+    model_->logits(batch, h.data(), rows, logits.data(), -1, obs);
+    size_t off = 0;
+    for (StepResult& res : results) {
+      res.logits.assign(logits.begin() + off * vocab, logits.begin() + (off + res.rows) * vocab);
+      off += static_cast<size_t>(res.rows);
+    }
+
+    // ---- MTP: position t with token t+1, one position behind the main model ----------
+    const bool mtp = options_.mtp && c.num_nextn_predict_layers > 0;
+    if (mtp) {
+      const int64_t ml = c.num_hidden_layers;  // the (first) MTP block
+      model::StepBatch mb;
+      std::vector<float> hm;
+      std::vector<kv::SequenceKv*> owners;
+      for (size_t i = 0; i < requests.size(); ++i) {
+        model::Segment seg = batch.segments[i];
+        model::Segment ms;
+        ms.kv = seg.kv;
+        ms.begin = mb.rows();
+        const float* pending = pool_->slot(*seg.kv) + pool_->layout().mtp_hidden();
+        if (seg.kv->mtp_pending) {
+          mb.tokens.push_back(batch.tokens[seg.begin]);
+          mb.positions.push_back(static_cast<int32_t>(seg.start - 1));
+          hm.insert(hm.end(), pending, pending + hc * d);
+        }
+        for (int64_t t = 0; t + 1 < seg.count; ++t) {
+          mb.tokens.push_back(batch.tokens[seg.begin + t + 1]);
+          mb.positions.push_back(static_cast<int32_t>(seg.start + t));
+          const float* hr = h.data() + (seg.begin + t) * hc * d;
+          hm.insert(hm.end(), hr, hr + hc * d);
+        }
+        ms.count = mb.rows() - ms.begin;
+        ms.start = ms.count > 0 ? mb.positions[ms.begin] : 0;
+        results[i].mtp_first_position = ms.start;
+        if (ms.count > 0) mb.segments.push_back(ms);
+      }
+      std::vector<int64_t> mrows;
+      std::vector<size_t> owner_of;
+      if (mb.rows() > 0) {
+        std::vector<float> x(static_cast<size_t>(mb.rows() * hc * d));
+        model_->mtp_input(mb, hm.data(), ml, x.data());
+        if (obs) obs->mtp_input(mb, x.data());
+        model_->run_layers(mb, x.data(), ml, ml + 1, obs);
+        size_t si = 0;
+        for (size_t i = 0; i < requests.size(); ++i) {
+          const int64_t n = (batch.segments[i].kv->mtp_pending ? 1 : 0) + batch.segments[i].count - 1;
+          if (n <= 0) continue;
+          const model::Segment& ms = mb.segments[si++];
+          const int64_t want = requests[i].all_logits ? ms.count : 1;
+          results[i].mtp_first_position = ms.start + ms.count - want;
+          results[i].mtp_rows = want;
+          for (int64_t r = 0; r < want; ++r) mrows.push_back(ms.begin + ms.count - want + r);
+        }
+        std::vector<float> ml_out(mrows.size() * static_cast<size_t>(vocab));
+        model_->logits(mb, x.data(), mrows, ml_out.data(), ml, obs);
+        size_t moff = 0;
+        for (StepResult& res : results) {
+          res.mtp_logits.assign(ml_out.begin() + moff * vocab,
+                                ml_out.begin() + (moff + res.mtp_rows) * vocab);
+          moff += static_cast<size_t>(res.mtp_rows);
+        }
+      }
+      // The last main hidden stream of each sequence waits for its next token.
+      for (const model::Segment& seg : batch.segments) {
+        float* pending = pool_->slot(*seg.kv) + pool_->layout().mtp_hidden();
+        std::memcpy(pending, h.data() + (seg.begin + seg.count - 1) * hc * d,
+                    sizeof(float) * hc * d);
+        seg.kv->mtp_pending = true;
+      }
+    }
+  } catch (...) {
+    for (const StepRequest& r : requests) sequences_.at(r.seq).failed = true;
+    throw;
+  }
+  for (const model::Segment& seg : batch.segments) seg.kv->length += seg.count;
+  return results;
+}
+
+int32_t Engine::sample(std::span<const float> logits, const kernels::SamplingParams& params) {
+  MOERUN_CHECK(static_cast<int64_t>(logits.size()) == config().vocab_size,
+               "sample: {} logits, the vocabulary has {}", logits.size(), config().vocab_size);
+  return kernels_->sample(logits.data(), config().vocab_size, params);
+}
+
+std::vector<float> Engine::run_isolated(int64_t layer, std::span<const float> h_in,
+                                        std::span<const int32_t> tokens, bool mtp) {
+  const ModelConfig& c = config();
+  const int64_t hc = c.hc_mult, d = c.hidden_size, n = static_cast<int64_t>(tokens.size());
+  MOERUN_CHECK(layer >= 0 && layer < c.num_layers_total(), "isolated run: layer {} out of 0..{}",
+               layer, c.num_layers_total() - 1);
+  MOERUN_CHECK(n > 0 && n <= options_.max_context && n <= options_.max_batch_tokens,
+               "isolated run: {} tokens (allowed 1..{})", n,
+               std::min(options_.max_context, options_.max_batch_tokens));
+  MOERUN_CHECK(static_cast<int64_t>(h_in.size()) == n * hc * d,
+               "isolated run: input stream has {} values, expected {} tokens × {} × {}",
+               h_in.size(), n, hc, d);
+  for (int32_t t : tokens)
+    MOERUN_CHECK(t >= 0 && t < c.vocab_size, "isolated run: token {} outside 0..{}", t,
+                 c.vocab_size - 1);
+  kv::SequenceKv tmp = pool_->acquire();
+  std::vector<float> h(h_in.begin(), h_in.end());
+  try {
+    pool_->reserve(tmp, n);
+    model::StepBatch batch;
+    batch.tokens.assign(tokens.begin(), tokens.end());
+    for (int64_t i = 0; i < n; ++i) batch.positions.push_back(static_cast<int32_t>(i));
+    batch.segments.push_back({&tmp, 0, 0, n});
+    if (mtp) {
+      std::vector<float> x(h.size());
+      model_->mtp_input(batch, h.data(), layer, x.data());
+      h.swap(x);
+    }
+    model_->run_layers(batch, h.data(), layer, layer + 1, nullptr);
+  } catch (...) {
+    pool_->release(tmp);
+    throw;
+  }
+  pool_->release(tmp);
+  return h;
+}
+
+std::vector<float> Engine::run_block_isolated(int64_t layer, std::span<const float> h_in,
+                                              std::span<const int32_t> tokens) {
+  return run_isolated(layer, h_in, tokens, false);
+}
+
+std::vector<float> Engine::run_mtp_isolated(std::span<const float> h_main,
+                                            std::span<const int32_t> next_tokens) {
+  MOERUN_CHECK(config().num_nextn_predict_layers > 0, "the model has no MTP block");
+  return run_isolated(config().num_hidden_layers, h_main, next_tokens, true);
+}
+
+}  // namespace moerun::engine
