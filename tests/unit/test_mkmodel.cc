@@ -15,6 +15,7 @@
 #include "common/numfmt.h"
 #include "common/safetensors.h"
 #include "common/weight_quant.h"
+#include "tests/unit/test_util.h"
 #include "tools/mkmodel/tokenizer_gen.h"
 #include "tools/mkmodel/weights.h"
 #include "tools/mkmodel/writer.h"
@@ -28,20 +29,7 @@ moerun::ModelConfig tiny() {
   return moerun::ModelConfig::load(kSource / "configs/dsv4-tiny.json");
 }
 
-class TempDir {
- public:
-  TempDir() {
-    path_ = fs::temp_directory_path() /
-            ("moerun-mkmodel-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++));
-    fs::remove_all(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
-
- private:
-  static inline int counter_ = 0;
-  fs::path path_;
-};
+using moerun::testing_util::TempDir;
 
 std::string read_file(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);

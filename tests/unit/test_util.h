@@ -1,8 +1,11 @@
 // Helpers shared by the unit tests (header-only; each test_*.cc is its own executable).
 #pragma once
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -10,6 +13,25 @@
 #include "common/error.h"
 
 namespace moerun::testing_util {
+
+// A fresh directory path under the system temp dir (not created), removed with its contents
+// when the object goes away.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix = "moerun-test") {
+    path_ = std::filesystem::temp_directory_path() /
+            (prefix + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++));
+    std::filesystem::remove_all(path_);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  static inline int counter_ = 0;
+  std::filesystem::path path_;
+};
 
 // The message of the moerun::Error that f throws, or "<no exception>".
 inline std::string error_message(const std::function<void()>& f) {
