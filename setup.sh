@@ -74,6 +74,9 @@ case "$ACTION" in
     rm -rf "$out"
     "${BUILD_DIR}/tools/mkmodel/moerun-mkmodel" --preset tiny --seed 1234 --out "$out"
     "${BUILD_DIR}/tools/inspect/moerun-inspect" "$out" --layout pp=2,ep=2
+    # Random weights: the text is gibberish, but every block of the model runs.
+    "${BUILD_DIR}/tools/generate/moerun-generate" --model "$out" \
+      --chat "Why do mixture-of-experts models route tokens?" --max-tokens 32
     ;;
   *)
     echo "usage: $0 demo|test|build|deps" >&2

@@ -1,12 +1,28 @@
 // Loading ModelWeights from a released-format checkpoint (see weights.h).
 #include "worker/model/weights.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstring>
 
 #include "common/error.h"
 #include "common/numfmt.h"
+#include "kernels/cpu/weight_decode.h"
 
 namespace moerun::model {
+
+namespace {
+// Once a matrix has been copied into its packed form, the checkpoint pages it came from are
+// dropped from this process (they are clean file pages; touching them again would re-read
+// them), so resident memory is about one copy of the weights, not two.
+void release_mapped(const void* data, int64_t bytes) {
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(bytes)) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+}  // namespace
 
 class WeightLoader {
  public:
@@ -50,6 +66,10 @@ class WeightLoader {
                      reinterpret_cast<uintptr_t>(lin.view.data) % 2 == 0,
                  "{}: BF16 data is not 2-byte aligned in its shard", wname);
     lin.packed = kernels_.pack(lin.view);
+    if (lin.packed) {
+      release_mapped(lin.view.data, kernels::weight_data_bytes(lin.view));
+      if (lin.view.scales) release_mapped(lin.view.scales, kernels::weight_scale_bytes(lin.view));
+    }
     return lin;
   }
 
