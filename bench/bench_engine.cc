@@ -203,6 +203,11 @@ int main(int argc, char** argv) {
                 static_cast<long>(c.num_experts_per_tok), static_cast<long>(prompt),
                 t6.prefill_tok_s);
 
+    // Weights are mapped lazily; after a prefill and decodes every layer has been touched.
+    const int64_t rss_run = rss_bytes() - rss0;
+    std::printf("resident after running: %.1f MB = %.3f x (checkpoint + KV pool)\n", rss_run / 1e6,
+                rss_run / (ckpt + kvb));
+
     auto o4 = o;
     o4.experts_per_token = 4;
     Engine e4(o4);
