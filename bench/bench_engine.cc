@@ -130,16 +130,20 @@ double cosine(const std::vector<float>& a, const std::vector<float>& b) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: bench_engine CHECKPOINT_DIR [--threads N] [--prompt N] [--decode N]\n");
+    std::fprintf(stderr,
+                 "usage: bench_engine CHECKPOINT_DIR [--threads N] [--prompt N] [--decode N]\n");
     return 2;
   }
   int threads = 2;
   int64_t prompt = 256, decode = 16;
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
-    if (a == "--threads") threads = std::stoi(argv[i + 1]);
-    else if (a == "--prompt") prompt = std::stoll(argv[i + 1]);
-    else if (a == "--decode") decode = std::stoll(argv[i + 1]);
+    if (a == "--threads")
+      threads = std::stoi(argv[i + 1]);
+    else if (a == "--prompt")
+      prompt = std::stoll(argv[i + 1]);
+    else if (a == "--decode")
+      decode = std::stoll(argv[i + 1]);
     else {
       std::fprintf(stderr, "bench_engine: unknown option %s\n", a.c_str());
       return 2;
@@ -162,8 +166,8 @@ int main(int argc, char** argv) {
     const auto& c = e6.config();
     const double ckpt = static_cast<double>(e6.weights().checkpoint().total_bytes());
     const double kvb = static_cast<double>(e6.capacity().kv_bytes);
-    std::printf("model: %s, %s kernels: %s\n", o.checkpoint.string().c_str(),
-                "optimized", e6.kernels().describe().c_str());
+    std::printf("model: %s, %s kernels: %s\n", o.checkpoint.string().c_str(), "optimized",
+                e6.kernels().describe().c_str());
     std::printf("resident after load: %.1f MB = %.3f x (checkpoint %.1f MB + KV pool %.1f MB)\n",
                 rss_loaded / 1e6, rss_loaded / (ckpt + kvb), ckpt / 1e6, kvb / 1e6);
 
@@ -195,10 +199,11 @@ int main(int argc, char** argv) {
     const Timing t6 = run(e6, prompt, decode);
     const double bytes6 = decode_bytes_per_token(c);
     const double floor6 = bytes6 / (bw * 1e9);
-    std::printf("top-%ld decode batch 1: %.2f ms/token; weights touched %.1f MB/token; floor "
-                "%.2f ms; actual/floor %.2f\n",
-                static_cast<long>(c.num_experts_per_tok), t6.decode_s_per_tok * 1e3, bytes6 / 1e6,
-                floor6 * 1e3, t6.decode_s_per_tok / floor6);
+    std::printf(
+        "top-%ld decode batch 1: %.2f ms/token; weights touched %.1f MB/token; floor "
+        "%.2f ms; actual/floor %.2f\n",
+        static_cast<long>(c.num_experts_per_tok), t6.decode_s_per_tok * 1e3, bytes6 / 1e6,
+        floor6 * 1e3, t6.decode_s_per_tok / floor6);
     std::printf("top-%ld prefill (%ld tokens, one step): %.1f tokens/s\n",
                 static_cast<long>(c.num_experts_per_tok), static_cast<long>(prompt),
                 t6.prefill_tok_s);
@@ -214,16 +219,16 @@ int main(int argc, char** argv) {
     const Timing t4 = run(e4, prompt, decode);
     const auto& c4 = e4.config();
     const double bytes4 = decode_bytes_per_token(c4);
-    std::printf("top-4 decode batch 1: %.2f ms/token; weights touched %.1f MB/token; actual/floor "
-                "%.2f\n",
-                t4.decode_s_per_tok * 1e3, bytes4 / 1e6,
-                t4.decode_s_per_tok / (bytes4 / (bw * 1e9)));
+    std::printf(
+        "top-4 decode batch 1: %.2f ms/token; weights touched %.1f MB/token; actual/floor "
+        "%.2f\n",
+        t4.decode_s_per_tok * 1e3, bytes4 / 1e6, t4.decode_s_per_tok / (bytes4 / (bw * 1e9)));
     std::printf("top-4 prefill: %.1f tokens/s\n", t4.prefill_tok_s);
-    std::printf("top-4 / top-%ld: expert FLOPs %.3f; decode throughput %.3f; prefill throughput "
-                "%.3f\n",
-                static_cast<long>(c.num_experts_per_tok),
-                4.0 / static_cast<double>(c.num_experts_per_tok),
-                t6.decode_s_per_tok / t4.decode_s_per_tok, t4.prefill_tok_s / t6.prefill_tok_s);
+    std::printf(
+        "top-4 / top-%ld: expert FLOPs %.3f; decode throughput %.3f; prefill throughput "
+        "%.3f\n",
+        static_cast<long>(c.num_experts_per_tok), 4.0 / static_cast<double>(c.num_experts_per_tok),
+        t6.decode_s_per_tok / t4.decode_s_per_tok, t4.prefill_tok_s / t6.prefill_tok_s);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_engine: %s\n", e.what());

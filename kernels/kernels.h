@@ -110,15 +110,15 @@ struct AttentionParams {
 // (a, b) ← (a·cos − b·sin, a·sin + b·cos) with (cos, sin) = table[p][i] (sin negated when
 // inverse); the complex product in double, rounded once to fp32, then to bf16.
 struct RopeParams {
-  float* x = nullptr;         // first rope element of (row 0, head 0)
+  float* x = nullptr;  // first rope element of (row 0, head 0)
   int64_t rows = 0;
-  int64_t heads = 1;          // slices per row
-  int64_t row_stride = 0;     // elements between rows
-  int64_t head_stride = 0;    // elements between heads of a row
-  int64_t rope_dim = 0;       // even; pairs = rope_dim / 2
+  int64_t heads = 1;                   // slices per row
+  int64_t row_stride = 0;              // elements between rows
+  int64_t head_stride = 0;             // elements between heads of a row
+  int64_t rope_dim = 0;                // even; pairs = rope_dim / 2
   const int32_t* positions = nullptr;  // [rows]
-  const float* cos = nullptr;  // [max_position, rope_dim/2] fp32
-  const float* sin = nullptr;  // [max_position, rope_dim/2] fp32
+  const float* cos = nullptr;          // [max_position, rope_dim/2] fp32
+  const float* sin = nullptr;          // [max_position, rope_dim/2] fp32
   bool inverse = false;
 };
 
@@ -148,10 +148,10 @@ struct RouteParams {
   const float* bias = nullptr;          // [num_experts] score layers; nullptr for hash layers
   const int32_t* hash_table = nullptr;  // [vocab, table_cols] hash layers; nullptr otherwise
   int64_t table_cols = 0;
-  const int32_t* tokens = nullptr;      // [m] token ids (hash layers)
+  const int32_t* tokens = nullptr;  // [m] token ids (hash layers)
   float route_scale = 1.5f;
-  int32_t* ids = nullptr;     // [m, k] (hash: table order; score: descending biased score)
-  float* weights = nullptr;   // [m, k]
+  int32_t* ids = nullptr;    // [m, k] (hash: table order; score: descending biased score)
+  float* weights = nullptr;  // [m, k]
 };
 
 // Clamped SwiGLU (spec §2.8): u = clamp(u, ±limit); g = min(g, limit);
@@ -170,11 +170,11 @@ struct SwigluParams {
 // The indexer's scores (spec §2.5 step 4) for one query row against n_keys compressed keys:
 // score[j] = bf16(Σ_h bf16(relu(bf16(q_h · k_j)) · w_h)), heads summed in double.
 struct IndexerScoreParams {
-  const float* q = nullptr;     // [m, num_heads, dim] (FP4-simulated, bf16 values)
+  const float* q = nullptr;  // [m, num_heads, dim] (FP4-simulated, bf16 values)
   int64_t m = 0;
   int64_t num_heads = 0;
   int64_t dim = 0;
-  const float* weights = nullptr;  // [m, num_heads] head weights (bf16 values)
+  const float* weights = nullptr;      // [m, num_heads] head weights (bf16 values)
   const float* const* keys = nullptr;  // [n_keys] row pointers (dim floats each)
   int64_t n_keys = 0;
   const int32_t* key_limit = nullptr;  // [m] query i scores keys 0..key_limit[i]-1 only
@@ -215,7 +215,10 @@ class Kernels {
 
   // The packed form of `w` for this kernel set (nullptr when it uses the view as is). `w`'s
   // memory must outlive the pack only if the pack says so (the optimized pack copies).
-  virtual std::unique_ptr<PackedWeight> pack(const WeightView& w) { (void)w; return nullptr; }
+  virtual std::unique_ptr<PackedWeight> pack(const WeightView& w) {
+    (void)w;
+    return nullptr;
+  }
   virtual void gemm(const GemmParams& p) = 0;
 
   // act_quant in place over rows of `cols` elements in blocks of `block` (cols % block == 0):
@@ -225,8 +228,8 @@ class Kernels {
   virtual void quantize_e2m1(float* x, int64_t rows, int64_t ld, int64_t cols, int64_t block) = 0;
 
   // y = bf16(weight · (x · rsqrt(mean(x²) + eps))) per row; weight nullptr = all ones.
-  virtual void rmsnorm(const float* x, int64_t ldx, int64_t rows, int64_t cols,
-                       const float* weight, float eps, float* y, int64_t ldy) = 0;
+  virtual void rmsnorm(const float* x, int64_t ldx, int64_t rows, int64_t cols, const float* weight,
+                       float eps, float* y, int64_t ldy) = 0;
   // r[i] = rsqrt(mean(x_i²) + eps) in fp32 (the mHC pre-projection normalizer).
   virtual void rms_rsqrt(const float* x, int64_t ldx, int64_t rows, int64_t cols, float eps,
                          float* r) = 0;

@@ -45,8 +45,7 @@ void ReferenceKernels::attention(const AttentionParams& p) {
         for (int64_t d = 0; d < dim; ++d) acc[d] += pe * static_cast<double>(keys[t][d]);
       }
       const float den = static_cast<float>(den_sum) + canonical::exp(p.sink[h] - mx);
-      for (int64_t d = 0; d < dim; ++d)
-        o[d] = canonical::bf16(static_cast<float>(acc[d]) / den);
+      for (int64_t d = 0; d < dim; ++d) o[d] = canonical::bf16(static_cast<float>(acc[d]) / den);
     }
   }
 }

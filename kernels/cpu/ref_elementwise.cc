@@ -48,8 +48,8 @@ void ReferenceKernels::rmsnorm(const float* x, int64_t ldx, int64_t rows, int64_
   }
 }
 
-void ReferenceKernels::rms_rsqrt(const float* x, int64_t ldx, int64_t rows, int64_t cols,
-                                 float eps, float* r) {
+void ReferenceKernels::rms_rsqrt(const float* x, int64_t ldx, int64_t rows, int64_t cols, float eps,
+                                 float* r) {
   for (int64_t i = 0; i < rows; ++i) r[i] = row_rsqrt(x + i * ldx, cols, eps);
 }
 
@@ -148,7 +148,8 @@ void ReferenceKernels::hc_collapse(const float* h, const float* pre, int64_t m, 
   for (int64_t i = 0; i < m; ++i)
     for (int64_t d = 0; d < dim; ++d) {
       double acc = 0.0;
-      for (int64_t j = 0; j < hc; ++j) acc += static_cast<double>(pre[i * hc + j] * h[(i * hc + j) * dim + d]);
+      for (int64_t j = 0; j < hc; ++j)
+        acc += static_cast<double>(pre[i * hc + j] * h[(i * hc + j) * dim + d]);
       y[i * dim + d] = canonical::bf16(static_cast<float>(acc));
     }
 }

@@ -20,15 +20,14 @@ class ReferenceKernels final : public Kernels {
                float eps, float* y, int64_t ldy) override;
   void rms_rsqrt(const float* x, int64_t ldx, int64_t rows, int64_t cols, float eps,
                  float* r) override;
-  void head_rms_scale_bf16(float* q, int64_t rows, int64_t heads, int64_t dim,
-                           float eps) override;
+  void head_rms_scale_bf16(float* q, int64_t rows, int64_t heads, int64_t dim, float eps) override;
   void rope(const RopeParams& p) override;
   void hadamard(float* x, int64_t rows, int64_t n) override;
   void sinkhorn(const SinkhornParams& p) override;
   void hc_collapse(const float* h, const float* pre, int64_t m, int64_t hc, int64_t dim,
                    float* y) override;
-  void hc_expand(const float* f, const float* res, const float* post, const float* comb,
-                 int64_t m, int64_t hc, int64_t dim, float* out) override;
+  void hc_expand(const float* f, const float* res, const float* post, const float* comb, int64_t m,
+                 int64_t hc, int64_t dim, float* out) override;
   void attention(const AttentionParams& p) override;
   void indexer_scores(const IndexerScoreParams& p) override;
   void pool(const PoolParams& p) override;

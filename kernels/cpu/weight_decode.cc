@@ -47,19 +47,26 @@ void decode_weight_row(const WeightView& w, int64_t row, float* out) {
 
 int64_t weight_data_bytes(const WeightView& w) {
   switch (w.format) {
-    case WeightFormat::kF32: return w.rows * w.cols * 4;
-    case WeightFormat::kBf16: return w.rows * w.cols * 2;
-    case WeightFormat::kFp8: return w.rows * w.cols;
-    case WeightFormat::kFp4: return w.rows * w.cols / 2;
+    case WeightFormat::kF32:
+      return w.rows * w.cols * 4;
+    case WeightFormat::kBf16:
+      return w.rows * w.cols * 2;
+    case WeightFormat::kFp8:
+      return w.rows * w.cols;
+    case WeightFormat::kFp4:
+      return w.rows * w.cols / 2;
   }
   return 0;
 }
 
 int64_t weight_scale_bytes(const WeightView& w) {
   switch (w.format) {
-    case WeightFormat::kFp8: return ceil_div(w.rows, kFp8Block) * ceil_div(w.cols, kFp8Block);
-    case WeightFormat::kFp4: return w.rows * (w.cols / kFp4Block);
-    default: return 0;
+    case WeightFormat::kFp8:
+      return ceil_div(w.rows, kFp8Block) * ceil_div(w.cols, kFp8Block);
+    case WeightFormat::kFp4:
+      return w.rows * (w.cols / kFp4Block);
+    default:
+      return 0;
   }
 }
 

@@ -67,8 +67,8 @@ Trace run_chunked(Engine& eng, const std::vector<int32_t>& toks, std::vector<int
   const auto id = eng.add_sequence();
   size_t c = 0;
   for (size_t pos = 0; pos < toks.size();) {
-    const size_t n = std::min<size_t>(static_cast<size_t>(chunks[c++ % chunks.size()]),
-                                      toks.size() - pos);
+    const size_t n =
+        std::min<size_t>(static_cast<size_t>(chunks[c++ % chunks.size()]), toks.size() - pos);
     StepRequest r{id, std::vector<int32_t>(toks.begin() + pos, toks.begin() + pos + n), true};
     record(eng.step({r})[0], eng.config().vocab_size, t);
     pos += n;
@@ -136,8 +136,8 @@ void check_batch_invariance(KernelImpl impl) {
                       j % 2 == 0});
       other_pos[j] += take;
     }
-    const size_t n = std::min<size_t>(static_cast<size_t>(chunks[step % chunks.size()]),
-                                      target.size() - pos);
+    const size_t n =
+        std::min<size_t>(static_cast<size_t>(chunks[step % chunks.size()]), target.size() - pos);
     // The target sits in the middle of the batch.
     reqs.insert(reqs.begin() + static_cast<long>(reqs.size() / 2),
                 {id, std::vector<int32_t>(target.begin() + pos, target.begin() + pos + n), true});
@@ -159,7 +159,8 @@ TEST(Engine, BatchInvariantWithOptimizedKernels) {
 // A top-6 tiny checkpoint, and the same weights written as a top-4 release: config k = 4 and
 // every tid2eid cut to its first 4 columns.
 void write_top6_and_top4(const fs::path& top6, const fs::path& top4) {
-  const auto base = moerun::ModelConfig::load(fs::path(MOERUN_SOURCE_DIR) / "configs/dsv4-tiny.json");
+  const auto base =
+      moerun::ModelConfig::load(fs::path(MOERUN_SOURCE_DIR) / "configs/dsv4-tiny.json");
   moerun::mkmodel::CheckpointWriteOptions wo;
   moerun::mkmodel::write_checkpoint(base.with_experts_per_tok(6), wo, top6);
   moerun::mkmodel::write_checkpoint(base.with_experts_per_tok(4), wo, top4);
@@ -181,7 +182,8 @@ void write_top6_and_top4(const fs::path& top6, const fs::path& top4) {
       }
     std::fstream f(shard.path(), std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(static_cast<std::streamoff>(8 + shard.header().header_bytes + entry->info->begin));
-    f.write(reinterpret_cast<const char*>(cut.data()), static_cast<std::streamsize>(cut.size() * 8));
+    f.write(reinterpret_cast<const char*>(cut.data()),
+            static_cast<std::streamsize>(cut.size() * 8));
     ASSERT_TRUE(f.good());
   }
 }

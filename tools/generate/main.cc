@@ -50,7 +50,8 @@ std::vector<int32_t> chat_prompt(const moerun::Tokenizer& tok, const std::string
   const auto pieces = moerun::chat::encode_messages_pieces(messages, opt);
   std::vector<moerun::TextSpan> spans;
   for (const auto& p : pieces)
-    spans.push_back({p.text, p.special ? moerun::SpecialTokens::kMatch : moerun::SpecialTokens::kAsText});
+    spans.push_back(
+        {p.text, p.special ? moerun::SpecialTokens::kMatch : moerun::SpecialTokens::kAsText});
   return tok.encode_spans(spans);
 }
 
@@ -77,7 +78,8 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--top-p", sp.top_p, "Nucleus mass in (0, 1]")->check(CLI::Range(0.0, 1.0));
   app.add_option("--seed", sp.seed, "Sampling seed");
-  app.add_option("--kernels", kernels, "Kernel set")->check(CLI::IsMember({"reference", "optimized"}));
+  app.add_option("--kernels", kernels, "Kernel set")
+      ->check(CLI::IsMember({"reference", "optimized"}));
   app.add_option("--threads", threads, "Kernel threads (default: OpenMP's)");
   app.add_option("--experts-per-token", experts, "Override num_experts_per_tok")
       ->check(CLI::PositiveNumber);
@@ -94,9 +96,9 @@ int main(int argc, char** argv) {
     const auto tok_path = std::filesystem::path(model) / "tokenizer.json";
     if (!chat.empty() || !prompt.empty() || std::filesystem::exists(tok_path))
       tok = moerun::Tokenizer::load(tok_path);
-    std::vector<int32_t> input = !ids.empty()      ? parse_ids(ids)
-                                 : !chat.empty()   ? chat_prompt(*tok, chat, thinking)
-                                                   : tok->encode(prompt);
+    std::vector<int32_t> input = !ids.empty()    ? parse_ids(ids)
+                                 : !chat.empty() ? chat_prompt(*tok, chat, thinking)
+                                                 : tok->encode(prompt);
     moerun::engine::Engine eng(eo);
     const int32_t eos = static_cast<int32_t>(eng.config().eos_token_id);
     std::fprintf(stderr, "moerun-generate: %zu prompt tokens, %s kernels (%s)\n", input.size(),

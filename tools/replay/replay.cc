@@ -21,8 +21,12 @@ using nlohmann::json;
 class Recorder : public model::ForwardObserver {
  public:
   Recorder(const ModelConfig& c, int64_t total)
-      : L_(c.num_hidden_layers), hc_(c.hc_mult), d_(c.hidden_size), k_(c.num_experts_per_tok),
-        topk_(c.index_topk), T_(total) {
+      : L_(c.num_hidden_layers),
+        hc_(c.hc_mult),
+        d_(c.hidden_size),
+        k_(c.num_experts_per_tok),
+        topk_(c.index_topk),
+        T_(total) {
     residual.assign(static_cast<size_t>(T_ * L_ * hc_ * d_), 0.0f);
     head_in.assign(static_cast<size_t>(T_ * d_), 0.0f);
     router_ids.assign(static_cast<size_t>(T_ * L_ * k_), -1);
@@ -173,8 +177,7 @@ std::map<std::string, Tensor> run_replay(const ReplayOptions& opt) {
       r.tokens.assign(prompt.begin() + b, prompt.begin() + std::min(n, b + chunk));
       r.all_logits = true;  // the head input of every prompt position is a golden tensor
       const auto res = eng.step({r}, &rec);
-      if (b + chunk >= n)
-        logits.insert(logits.end(), res[0].logits.end() - V, res[0].logits.end());
+      if (b + chunk >= n) logits.insert(logits.end(), res[0].logits.end() - V, res[0].logits.end());
     }
     for (int64_t t = 0; t < K; ++t) {
       engine::StepRequest r;

@@ -33,7 +33,6 @@ struct Tensor {
 };
 
 std::map<std::string, Tensor> run_replay(const ReplayOptions& options);
-void write_tensors(const std::map<std::string, Tensor>& tensors,
-                   const std::filesystem::path& path);
+void write_tensors(const std::map<std::string, Tensor>& tensors, const std::filesystem::path& path);
 
 }  // namespace moerun::replay

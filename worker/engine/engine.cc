@@ -20,18 +20,17 @@ Engine::Engine(const EngineOptions& options) : options_(options) {
   MOERUN_CHECK(options_.max_context > 0 && options_.max_context <= c.max_position_embeddings,
                "max_context {} must be in 1..max_position_embeddings ({})", options_.max_context,
                c.max_position_embeddings);
-  MOERUN_CHECK(options_.max_sequences > 0, "max_sequences {} must be >= 1",
-               options_.max_sequences);
+  MOERUN_CHECK(options_.max_sequences > 0, "max_sequences {} must be >= 1", options_.max_sequences);
   MOERUN_CHECK(options_.max_batch_tokens > 0, "max_batch_tokens {} must be >= 1",
                options_.max_batch_tokens);
-  if (options_.block_tokens == 0)
-    options_.block_tokens = kv::KvLayout::default_block_tokens(c);
+  if (options_.block_tokens == 0) options_.block_tokens = kv::KvLayout::default_block_tokens(c);
   MOERUN_CHECK(options_.block_tokens > 0, "block_tokens {} must be >= 1", options_.block_tokens);
   kv::KvLayout layout(c, options_.block_tokens);
-  const int64_t per_seq = (options_.max_context + options_.block_tokens - 1) / options_.block_tokens;
+  const int64_t per_seq =
+      (options_.max_context + options_.block_tokens - 1) / options_.block_tokens;
   if (options_.kv_blocks == 0) options_.kv_blocks = options_.max_sequences * per_seq;
-  pool_ = std::make_unique<kv::KvPool>(std::move(layout), options_.max_sequences,
-                                       options_.kv_blocks);
+  pool_ =
+      std::make_unique<kv::KvPool>(std::move(layout), options_.max_sequences, options_.kv_blocks);
   model_ = std::make_unique<model::Model>(*weights_, *kernels_, *pool_, options_.max_context);
 }
 
@@ -187,7 +186,8 @@ std::vector<StepResult> Engine::step(const std::vector<StepRequest>& requests,
         model_->run_layers(mb, x.data(), ml, ml + 1, obs);
         size_t si = 0;
         for (size_t i = 0; i < requests.size(); ++i) {
-          const int64_t n = (batch.segments[i].kv->mtp_pending ? 1 : 0) + batch.segments[i].count - 1;
+          const int64_t n =
+              (batch.segments[i].kv->mtp_pending ? 1 : 0) + batch.segments[i].count - 1;
           if (n <= 0) continue;
           const model::Segment& ms = mb.segments[si++];
           const int64_t want = requests[i].all_logits ? ms.count : 1;

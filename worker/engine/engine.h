@@ -26,16 +26,16 @@ namespace moerun::engine {
 // Environment settings (the model's own are in its config.json).
 struct EngineOptions {
   std::filesystem::path checkpoint;
-  std::filesystem::path config;    // empty: checkpoint/config.json
+  std::filesystem::path config;  // empty: checkpoint/config.json
   kernels::KernelImpl kernels = kernels::KernelImpl::kOptimized;
-  int num_threads = 0;             // ≤ 0: OpenMP default
-  int64_t experts_per_token = 0;   // 0: the config's; else the 4Expert-style override
-  int64_t max_sequences = 8;       // sequence slots
-  int64_t max_context = 0;         // positions per sequence; 0: min(max_position_embeddings, 4096)
-  int64_t kv_blocks = 0;           // 0: enough for max_sequences full contexts
-  int64_t block_tokens = 0;        // 0: the smallest multiple of every ratio ≥ 64
-  int64_t max_batch_tokens = 4096; // rows per step
-  bool mtp = true;                 // run the MTP block alongside (if the model has one)
+  int num_threads = 0;              // ≤ 0: OpenMP default
+  int64_t experts_per_token = 0;    // 0: the config's; else the 4Expert-style override
+  int64_t max_sequences = 8;        // sequence slots
+  int64_t max_context = 0;          // positions per sequence; 0: min(max_position_embeddings, 4096)
+  int64_t kv_blocks = 0;            // 0: enough for max_sequences full contexts
+  int64_t block_tokens = 0;         // 0: the smallest multiple of every ratio ≥ 64
+  int64_t max_batch_tokens = 4096;  // rows per step
+  bool mtp = true;                  // run the MTP block alongside (if the model has one)
 };
 
 using SeqId = int64_t;
@@ -50,8 +50,8 @@ struct StepResult {
   SeqId seq = -1;
   int64_t first_position = 0;  // position of logits row 0
   int64_t rows = 0;
-  std::vector<float> logits;   // [rows, vocab]; row i predicts the token after position
-                               // first_position + i
+  std::vector<float> logits;  // [rows, vocab]; row i predicts the token after position
+                              // first_position + i
   // The MTP block runs at position t once token t+1 is known, i.e. for positions
   // length−1 … length+n−2 of this step (t ≥ 0); mtp row i is position mtp_first_position + i
   // and predicts token t+2.

@@ -116,8 +116,7 @@ void KvPool::release(SequenceKv& seq) {
   seq = SequenceKv{};
 }
 
-float* KvPool::block_data(const SequenceKv& seq, int64_t layer, int64_t j,
-                          int64_t* row_in_block) {
+float* KvPool::block_data(const SequenceKv& seq, int64_t layer, int64_t j, int64_t* row_in_block) {
   const LayerKvLayout& ly = layout_.layer(layer);
   const int64_t b = j / ly.rows_per_block;
   MOERUN_CHECK(b < static_cast<int64_t>(seq.blocks.size()),

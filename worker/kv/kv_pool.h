@@ -20,16 +20,16 @@
 namespace moerun::kv {
 
 struct LayerKvLayout {
-  int64_t ratio = 0;        // compress ratio (0 = window only)
-  bool overlap = false;     // ratio-4 overlapping compression (also: has an indexer)
-  int64_t state_rows = 0;   // compressor ring rows: 2r (overlap) or r
-  int64_t comp_width = 0;   // coff · head_dim
-  int64_t idx_width = 0;    // coff · index_head_dim (indexer compressor), 0 without indexer
+  int64_t ratio = 0;       // compress ratio (0 = window only)
+  bool overlap = false;    // ratio-4 overlapping compression (also: has an indexer)
+  int64_t state_rows = 0;  // compressor ring rows: 2r (overlap) or r
+  int64_t comp_width = 0;  // coff · head_dim
+  int64_t idx_width = 0;   // coff · index_head_dim (indexer compressor), 0 without indexer
   // Offsets in floats inside a slot.
-  int64_t window = 0;       // [window, head_dim]
-  int64_t comp_kv = 0;      // [state_rows, comp_width]
-  int64_t comp_score = 0;   // [state_rows, comp_width]
-  int64_t idx_kv = 0;       // [state_rows(=8), idx_width]
+  int64_t window = 0;      // [window, head_dim]
+  int64_t comp_kv = 0;     // [state_rows, comp_width]
+  int64_t comp_score = 0;  // [state_rows, comp_width]
+  int64_t idx_kv = 0;      // [state_rows(=8), idx_width]
   int64_t idx_score = 0;
   // Offsets in floats inside a block.
   int64_t rows_per_block = 0;  // block_tokens / ratio

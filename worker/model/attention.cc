@@ -62,8 +62,9 @@ void Model::attention(int64_t layer, const StepBatch& batch, const float* x, flo
   int64_t max_keys = W;
   for (const Segment& s : batch.segments) {
     const int64_t last = s.start + s.count - 1;
-    if (r > 0) max_keys = std::max(max_keys, W + (aw.indexer ? std::min(topk, (last + 1) / r)
-                                                              : (last + 1) / r));
+    if (r > 0)
+      max_keys =
+          std::max(max_keys, W + (aw.indexer ? std::min(topk, (last + 1) / r) : (last + 1) / r));
   }
   std::vector<const float*> keys(static_cast<size_t>(rows * max_keys), nullptr);
   std::vector<int32_t> nkeys(static_cast<size_t>(rows), 0);

@@ -54,7 +54,8 @@ void Model::indexer_select(int64_t layer, const StepBatch& batch, const float* x
     const int64_t nvis_max = (s.start + s.count) / r;
     if (nvis_max == 0) {
       if (obs)
-        for (int64_t i = s.begin; i < s.begin + s.count; ++i) obs->indexer(layer, batch, i, nullptr, 0);
+        for (int64_t i = s.begin; i < s.begin + s.count; ++i)
+          obs->indexer(layer, batch, i, nullptr, 0);
       continue;
     }
     keys.resize(static_cast<size_t>(nvis_max));
@@ -77,7 +78,8 @@ void Model::indexer_select(int64_t layer, const StepBatch& batch, const float* x
     for (int64_t i = 0; i < s.count; ++i) {
       const int64_t row = s.begin + i;
       int32_t* out = sel.data() + row * topk;
-      const int64_t n = kernels::topk_lower_index(scores.data() + i * nvis_max, limit[i], topk, out);
+      const int64_t n =
+          kernels::topk_lower_index(scores.data() + i * nvis_max, limit[i], topk, out);
       std::sort(out, out + n);
       counts[row] = static_cast<int32_t>(n);
       if (obs) obs->indexer(layer, batch, row, out, n);

@@ -87,8 +87,8 @@ class Model {
                   ForwardObserver* obs);
   // Logits [rows.size(), vocab] (fp32) of the given batch rows: hc_head contraction, final
   // norm, head. `mtp_layer` ≥ 0 uses that MTP block's hc_head and norm.
-  void logits(const StepBatch& batch, const float* h, const std::vector<int64_t>& rows,
-              float* out, int64_t mtp_layer, ForwardObserver* obs);
+  void logits(const StepBatch& batch, const float* h, const std::vector<int64_t>& rows, float* out,
+              int64_t mtp_layer, ForwardObserver* obs);
   // The MTP block's input x [rows, hc, dim] from the main stream h_main [rows, hc, dim] and
   // batch.tokens (the next tokens): bf16(e_proj(enorm(embed(t+1))) + h_proj(hnorm(h))).
   void mtp_input(const StepBatch& batch, const float* h_main, int64_t mtp_layer, float* x);
@@ -110,11 +110,9 @@ class Model {
   void indexer_select(int64_t layer, const StepBatch& batch, const float* x, const float* qr,
                       std::vector<int32_t>& sel, std::vector<int32_t>& counts,
                       ForwardObserver* obs);
-  void moe(int64_t layer, const StepBatch& batch, const float* x, float* out,
-           ForwardObserver* obs);
+  void moe(int64_t layer, const StepBatch& batch, const float* x, float* out, ForwardObserver* obs);
   // out [rows, n] = bf16(act_quant(x) · Wᵀ) — the FP8/FP4 linear of the reference.
-  void qlinear(const Linear& w, const float* x, int64_t rows, int64_t ldx, float* out,
-               int64_t ldo);
+  void qlinear(const Linear& w, const float* x, int64_t rows, int64_t ldx, float* out, int64_t ldo);
   void linear(const Linear& w, const float* x, int64_t rows, int64_t ldx, float* out, int64_t ldo,
               bool round_bf16, int64_t row_begin = 0, int64_t n = -1);
   const RopeTable& rope(int64_t layer) const;

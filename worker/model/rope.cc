@@ -30,9 +30,9 @@ RopeTable make_rope_table(const ModelConfig& c, int64_t layer, int64_t max_posit
     if (low == high) high += 0.001;
     const float factor = static_cast<float>(c.rope_scaling.factor);
     for (int64_t i = 0; i < half; ++i) {
-      const float ramp = std::clamp((static_cast<float>(i) - static_cast<float>(low)) /
-                                        static_cast<float>(high - low),
-                                    0.0f, 1.0f);
+      const float ramp = std::clamp(
+          (static_cast<float>(i) - static_cast<float>(low)) / static_cast<float>(high - low), 0.0f,
+          1.0f);
       const float smooth = 1.0f - ramp;
       freq[i] = freq[i] / factor * (1.0f - smooth) + freq[i] * smooth;
     }

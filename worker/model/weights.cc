@@ -19,7 +19,8 @@ namespace {
 void release_mapped(const void* data, int64_t bytes) {
   static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(bytes)) / page * page;
+  const uintptr_t end =
+      (reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(bytes)) / page * page;
   if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 }  // namespace
@@ -127,7 +128,8 @@ class WeightLoader {
     at.q_norm = floats(a + "q_norm.weight");
     at.kv_norm = floats(a + "kv_norm.weight");
     at.sink = floats(a + "attn_sink");
-    if (c.has_compressor(l)) at.compressor = compressor(a + "compressor.", c.compress_ratio(l), c.head_dim);
+    if (c.has_compressor(l))
+      at.compressor = compressor(a + "compressor.", c.compress_ratio(l), c.head_dim);
     if (c.has_indexer(l)) {
       IndexerWeights ix;
       ix.wq_b = linear(a + "indexer.wq_b", WeightFormat::kFp8);
@@ -195,16 +197,15 @@ class WeightLoader {
 
 std::unique_ptr<ModelWeights> ModelWeights::load(const std::filesystem::path& dir,
                                                  kernels::Kernels& kernels,
-                                                 int64_t experts_per_token,
-                                                 const LoadRange& range,
+                                                 int64_t experts_per_token, const LoadRange& range,
                                                  const std::filesystem::path& config_json) {
   std::unique_ptr<ModelWeights> w(new ModelWeights());
   const ModelConfig file_config =
       ModelConfig::load(config_json.empty() ? dir / "config.json" : config_json);
   w->checkpoint_ = Checkpoint::open(dir);
   CheckpointSchema(file_config).require_match(w->checkpoint_);
-  w->config_ = experts_per_token > 0 ? file_config.with_experts_per_tok(experts_per_token)
-                                     : file_config;
+  w->config_ =
+      experts_per_token > 0 ? file_config.with_experts_per_tok(experts_per_token) : file_config;
   const ModelConfig& c = w->config_;
   w->range_ = range;
   if (w->range_.layer_end < 0) w->range_.layer_end = c.num_layers_total();

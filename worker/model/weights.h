@@ -24,8 +24,8 @@ struct Linear {
   bool loaded() const { return view.data != nullptr; }
 };
 
-struct HcParams {           // one mHC mixing site
-  Linear fn;                // F32 [mix, hc·dim] (copied; see `f32_storage`)
+struct HcParams {            // one mHC mixing site
+  Linear fn;                 // F32 [mix, hc·dim] (copied; see `f32_storage`)
   std::vector<float> scale;  // [3] (pre/post/comb) or [1] for the head
   std::vector<float> base;   // [mix]
 };
@@ -57,9 +57,9 @@ struct ExpertWeights {
 };
 
 struct MoeWeights {
-  Linear gate;                  // BF16 [experts, dim], used with fp32 activations
-  std::vector<float> bias;      // score-routed layers
-  std::vector<int32_t> hash;    // hash layers: [vocab, num_experts_per_tok] (sliced)
+  Linear gate;                         // BF16 [experts, dim], used with fp32 activations
+  std::vector<float> bias;             // score-routed layers
+  std::vector<int32_t> hash;           // hash layers: [vocab, num_experts_per_tok] (sliced)
   std::vector<ExpertWeights> experts;  // all ids; only [expert_begin, expert_end) loaded
   ExpertWeights shared;
 };

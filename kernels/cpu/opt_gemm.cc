@@ -1,0 +1,420 @@
+// The optimized GEMM's front end (opt_gemm.h): weight packing, the choice of SIMD path, the
+// OpenMP split of the work and the portable C++ path; the per-ISA inner loops live in
+// opt_gemm_{avx2,avx512,avx512bf16}.cc.
+//
+// Every path computes each output the same way (the order contract of GemmParams): an fp32
+// accumulator from +0 that adds the exact products for k = 0, 1, ... one rounding at a time.
+// So the work is split only over outputs: threads take (64-row weight panel, row chunk)
+// items, and the reduction is cut into chunks whose partial sums go through memory as fp32,
+// which changes nothing. SIMD lanes are weight rows, never k.
+#include "kernels/cpu/opt_gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "common/error.h"
+#include "common/numfmt.h"
+#include "kernels/cpu/opt_gemm_internal.h"
+#include "kernels/cpu/weight_decode.h"
+
+namespace moerun::kernels {
+namespace {
+
+using gemm_detail::ceil_div;
+using gemm_detail::kChunkK;
+using gemm_detail::kFp4Block;
+using gemm_detail::kFp8Block;
+using gemm_detail::kMaxDirectRows;
+using gemm_detail::kMaxRowsBlock;
+using gemm_detail::kPanel;
+using gemm_detail::PackedView;
+
+// Rows of activations per work item: bounds the fp32 partial-sum buffer and lets a call with
+// few panels still use every thread.
+constexpr int64_t kMaxItemRows = 256;
+constexpr size_t kAlign = 64;
+
+// 64-byte aligned scratch that only grows; one per thread (thread_local), so the hot path
+// allocates only when a call is bigger than every call before it on that thread.
+class Scratch {
+ public:
+  Scratch() = default;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() { std::free(ptr_); }
+  void* get(size_t bytes) {
+    if (bytes > size_) {
+      std::free(ptr_);
+      size_ = (bytes + kAlign - 1) / kAlign * kAlign;
+      ptr_ = std::aligned_alloc(kAlign, size_);
+      if (ptr_ == nullptr) throw std::bad_alloc();
+    }
+    return ptr_;
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t size_ = 0;
+};
+
+template <typename T>
+T* thread_scratch(int slot, size_t count) {
+  thread_local Scratch slots[3];  // 0: partial sums, 1: converted weights, 2: activation pairs
+  return static_cast<T*>(slots[slot].get(count * sizeof(T)));
+}
+
+// Owns the re-blocked copy of a weight (see opt_gemm_internal.h for the layout).
+class PackedGemmWeight final : public PackedWeight {
+ public:
+  PackedGemmWeight(const WeightView& w, int64_t first_panel, int64_t end_panel);
+  int64_t bytes() const override { return data_bytes_ + static_cast<int64_t>(scales_.size()); }
+  const PackedView& view() const { return view_; }
+
+ private:
+  PackedView view_;
+  Scratch data_;  // 64-byte aligned, so panels start on cache lines
+  int64_t data_bytes_ = 0;
+  std::vector<uint8_t> scales_;
+};
+
+PackedGemmWeight::PackedGemmWeight(const WeightView& w, int64_t first_panel, int64_t end_panel) {
+  PackedView& v = view_;
+  v.format = w.format;
+  v.rows = w.rows;
+  v.cols = w.cols;
+  v.kpairs = ceil_div(w.cols, 2);
+  v.first_panel = first_panel;
+  v.num_panels = end_panel - first_panel;
+  const int64_t cols = w.cols;
+  const int64_t kp_n = v.kpairs;
+  switch (w.format) {
+    case WeightFormat::kF32:
+      v.panel_bytes = cols * kPanel * 4;
+      break;
+    case WeightFormat::kBf16:
+      v.panel_bytes = kp_n * kPanel * 4;
+      break;
+    case WeightFormat::kFp8:
+      v.panel_bytes = kp_n * kPanel * 2;
+      v.panel_scale_bytes = ceil_div(cols, kFp8Block);
+      break;
+    case WeightFormat::kFp4:
+      v.panel_bytes = kp_n * kPanel;
+      v.panel_scale_bytes = cols / kFp4Block * kPanel;
+      break;
+  }
+  data_bytes_ = v.panel_bytes * v.num_panels;
+  uint8_t* data = static_cast<uint8_t*>(data_.get(static_cast<size_t>(data_bytes_)));
+  std::memset(data, 0, static_cast<size_t>(data_bytes_));
+  scales_.assign(static_cast<size_t>(v.panel_scale_bytes * v.num_panels), 127);  // 127 = 2^0
+  for (int64_t p = first_panel; p < end_panel; ++p) {
+    uint8_t* dst = data + (p - first_panel) * v.panel_bytes;
+    uint8_t* sdst = scales_.data() + (p - first_panel) * v.panel_scale_bytes;
+    const int64_t lanes = std::min(kPanel, w.rows - p * kPanel);
+    for (int64_t lane = 0; lane < lanes; ++lane) {
+      const int64_t row = p * kPanel + lane;
+      switch (w.format) {
+        case WeightFormat::kF32: {
+          const float* src = static_cast<const float*>(w.data) + row * cols;
+          float* d = reinterpret_cast<float*>(dst);
+          for (int64_t k = 0; k < cols; ++k) d[k * kPanel + lane] = src[k];
+          break;
+        }
+        case WeightFormat::kBf16: {
+          const uint16_t* src = static_cast<const uint16_t*>(w.data) + row * cols;
+          uint16_t* d = reinterpret_cast<uint16_t*>(dst);
+          for (int64_t k = 0; k < cols; ++k)
+            d[((k / 2) * kPanel + lane) * 2 + (1 - k % 2)] = src[k];
+          break;
+        }
+        case WeightFormat::kFp8: {
+          const uint8_t* src = static_cast<const uint8_t*>(w.data) + row * cols;
+          for (int64_t k = 0; k < cols; ++k)
+            dst[((k / 2) * kPanel + lane) * 2 + (1 - k % 2)] = src[k];
+          break;
+        }
+        case WeightFormat::kFp4: {
+          const uint8_t* src = static_cast<const uint8_t*>(w.data) + row * (cols / 2);
+          for (int64_t kp = 0; kp < kp_n; ++kp) dst[kp * kPanel + lane] = src[kp];
+          const uint8_t* ssrc = w.scales + row * (cols / kFp4Block);
+          for (int64_t b = 0; b < cols / kFp4Block; ++b) sdst[b * kPanel + lane] = ssrc[b];
+          break;
+        }
+      }
+    }
+    if (w.format == WeightFormat::kFp8) {
+      const uint8_t* ssrc = w.scales + (p * kPanel / kFp8Block) * v.panel_scale_bytes;
+      std::memcpy(sdst, ssrc, static_cast<size_t>(v.panel_scale_bytes));
+    }
+  }
+  v.data = data;
+  v.scales = scales_.data();
+}
+
+enum class Path { kPortable, kAvx2, kAvx512, kAvx512Bf16 };
+
+Path choose_path(const CpuFeatures& f, WeightFormat format) {
+  // kF32 weights need fp32 products (fma), which only the fp32 family computes.
+  if (f.avx512_bf16 && format != WeightFormat::kF32) return Path::kAvx512Bf16;
+  if (f.avx512f) return Path::kAvx512;
+  if (f.avx2) return Path::kAvx2;
+  return Path::kPortable;
+}
+
+struct WorkSplit {
+  int64_t first_panel = 0;
+  int64_t num_panels = 0;
+  int64_t row_chunk = 0;
+  int64_t num_row_chunks = 0;
+};
+
+WorkSplit split_work(const GemmParams& p, int threads) {
+  WorkSplit s;
+  s.first_panel = p.row_begin / kPanel;
+  s.num_panels = ceil_div(p.row_begin + p.n, kPanel) - s.first_panel;
+  int64_t chunks = ceil_div(p.m, kMaxItemRows);
+  // Too few panels to keep every thread busy twice over: cut the rows finer (down to one
+  // register block), which duplicates only the weight conversion.
+  if (s.num_panels * chunks < 2 * threads) {
+    const int64_t want = ceil_div(2 * threads, s.num_panels);
+    chunks = std::max<int64_t>(chunks, std::min(want, ceil_div(p.m, kMaxRowsBlock)));
+  }
+  int64_t rows = ceil_div(p.m, chunks);
+  if (rows > kMaxDirectRows) rows = ceil_div(rows, kMaxRowsBlock) * kMaxRowsBlock;
+  s.row_chunk = rows;
+  s.num_row_chunks = ceil_div(p.m, rows);
+  return s;
+}
+
+// Writes the item's fp32 sums c[i][lane] to the outputs its lanes own.
+void store_outputs(const GemmParams& p, int64_t panel, int64_t i0, int64_t rows, const float* c) {
+  const int64_t r0 = std::max(panel * kPanel, p.row_begin);
+  const int64_t r1 = std::min((panel + 1) * kPanel, p.row_begin + p.n);
+  const size_t count = static_cast<size_t>(r1 - r0);
+  for (int64_t i = 0; i < rows; ++i) {
+    float* out = p.out + (i0 + i) * p.ldo + (r0 - p.row_begin);
+    const float* crow = c + i * kPanel + (r0 - panel * kPanel);
+    if (p.round_bf16) {
+      for (size_t t = 0; t < count; ++t) out[t] = numfmt::round_to_bf16(crow[t]);
+    } else {
+      std::memcpy(out, crow, sizeof(float) * count);
+    }
+  }
+}
+
+int resolve_threads(int num_threads) {
+  return num_threads > 0 ? num_threads : omp_get_max_threads();
+}
+
+void gemm_f32_family(const GemmParams& p, const PackedView& pw, Path path, int threads) {
+  gemm_detail::ConvertF32Fn convert = gemm_detail::convert_f32_portable;
+  gemm_detail::MicroF32Fn micro = gemm_detail::micro_f32_portable;
+  if (path == Path::kAvx2) micro = gemm_detail::micro_f32_avx2;
+  if (path == Path::kAvx512) {
+    convert = gemm_detail::convert_f32_avx512;
+    micro = gemm_detail::micro_f32_avx512;
+  }
+  const WorkSplit s = split_work(p, threads);
+  const int64_t cols = pw.cols;
+  const int64_t items = s.num_panels * s.num_row_chunks;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t panel = s.first_panel + item % s.num_panels;
+    const int64_t i0 = item / s.num_panels * s.row_chunk;
+    const int64_t rows = std::min(s.row_chunk, p.m - i0);
+    float* c = thread_scratch<float>(0, static_cast<size_t>(rows * kPanel));
+    float* wbuf = thread_scratch<float>(1, static_cast<size_t>(kChunkK * kPanel));
+    for (int64_t k0 = 0; k0 < cols; k0 += kChunkK) {
+      const int64_t kc = std::min(kChunkK, cols - k0);
+      const float* w = wbuf;
+      if (pw.format == WeightFormat::kF32)
+        w = reinterpret_cast<const float*>(pw.panel(panel)) + k0 * kPanel;
+      else
+        convert(pw, panel, k0, kc, wbuf);
+      micro(p.a + i0 * p.lda + k0, p.lda, rows, w, kc, c, k0 == 0);
+    }
+    store_outputs(p, panel, i0, rows, c);
+  }
+}
+
+// Decode (m ≤ kMaxDirectRows): vdpbf16ps with the weights decoded in registers, so each
+// weight byte is read once and never written back.
+void gemm_bf16_direct(const GemmParams& p, const PackedView& pw, bool vbmi, int threads) {
+  const int64_t kp_n = pw.kpairs;
+  uint32_t* a_pairs = thread_scratch<uint32_t>(2, static_cast<size_t>(p.m * kp_n));
+  gemm_detail::pairs_from_f32_avx512(p.a, p.lda, p.m, pw.cols, kp_n, a_pairs);
+  const int64_t first_panel = p.row_begin / kPanel;
+  const int64_t num_panels = ceil_div(p.row_begin + p.n, kPanel) - first_panel;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t idx = 0; idx < num_panels; ++idx) {
+    const int64_t panel = first_panel + idx;
+    float* c = thread_scratch<float>(0, static_cast<size_t>(p.m * kPanel));
+    gemm_detail::direct_bf16_avx512bf16(pw, panel, a_pairs, kp_n, p.m, vbmi, c);
+    store_outputs(p, panel, 0, p.m, c);
+  }
+}
+
+void check_gemm(const GemmParams& p) {
+  check_weight_view(p.w, "gemm");
+  MOERUN_CHECK(p.m >= 0 && p.n >= 0, "gemm: negative size m={} n={}", p.m, p.n);
+  MOERUN_CHECK(p.row_begin >= 0 && p.row_begin + p.n <= p.w.rows,
+               "gemm: rows [{}, {}) outside the weight's {} rows", p.row_begin, p.row_begin + p.n,
+               p.w.rows);
+  MOERUN_CHECK(p.m == 0 || (p.lda >= p.w.cols && p.ldo >= p.n),
+               "gemm: lda {} < cols {} or ldo {} < n {}", p.lda, p.w.cols, p.ldo, p.n);
+}
+
+}  // namespace
+
+// ---- the portable path --------------------------------------------------------------------
+
+namespace gemm_detail {
+
+void convert_f32_portable(const PackedView& pw, int64_t panel, int64_t k0, int64_t kc, float* w) {
+  const uint8_t* data = pw.panel(panel);
+  const uint8_t* scales = pw.panel_scales(panel);
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    const int64_t k = k0 + kk;
+    const int64_t kp = k / 2;
+    const int64_t slot = 1 - k % 2;  // pairs are stored {k+1, k}
+    float* row = w + kk * kPanel;
+    switch (pw.format) {
+      case WeightFormat::kF32:
+        std::memcpy(row, reinterpret_cast<const float*>(data) + k * kPanel, sizeof(float) * kPanel);
+        break;
+      case WeightFormat::kBf16: {
+        const uint16_t* src = reinterpret_cast<const uint16_t*>(data) + kp * kPanel * 2;
+        for (int64_t lane = 0; lane < kPanel; ++lane)
+          row[lane] = numfmt::bf16_to_f32(src[lane * 2 + slot]);
+        break;
+      }
+      case WeightFormat::kFp8: {
+        const uint8_t* src = data + kp * kPanel * 2;
+        const float scale = numfmt::e8m0_to_f32(scales[k / kFp8Block]);
+        for (int64_t lane = 0; lane < kPanel; ++lane)
+          row[lane] = numfmt::e4m3_to_f32(src[lane * 2 + slot]) * scale;
+        break;
+      }
+      case WeightFormat::kFp4: {
+        const uint8_t* src = data + kp * kPanel;
+        const uint8_t* srow = scales + (k / kFp4Block) * kPanel;
+        for (int64_t lane = 0; lane < kPanel; ++lane) {
+          const uint8_t byte = src[lane];
+          const uint8_t nib = k % 2 == 0 ? numfmt::fp4_even(byte) : numfmt::fp4_odd(byte);
+          row[lane] = numfmt::e2m1_to_f32(nib) * numfmt::e8m0_to_f32(srow[lane]);
+        }
+        break;
+      }
+    }
+  }
+}
+
+void micro_f32_portable(const float* a, int64_t lda, int64_t rows, const float* w, int64_t kc,
+                        float* c, bool init) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float acc[kPanel];
+    for (int64_t lane = 0; lane < kPanel; ++lane) acc[lane] = init ? 0.0f : c[i * kPanel + lane];
+    const float* arow = a + i * lda;
+    for (int64_t k = 0; k < kc; ++k) {
+      const float ak = arow[k];
+      const float* wk = w + k * kPanel;
+      for (int64_t lane = 0; lane < kPanel; ++lane) acc[lane] = std::fma(ak, wk[lane], acc[lane]);
+    }
+    std::memcpy(c + i * kPanel, acc, sizeof(acc));
+  }
+}
+
+}  // namespace gemm_detail
+
+// ---- public entry points ------------------------------------------------------------------
+
+std::unique_ptr<PackedWeight> opt_pack_weight(const WeightView& w) {
+  check_weight_view(w, "opt_pack_weight");
+  return std::make_unique<PackedGemmWeight>(w, 0, ceil_div(w.rows, kPanel));
+}
+
+void opt_gemm(const GemmParams& p, const CpuFeatures& f, int num_threads) {
+  check_gemm(p);
+  if (p.m == 0 || p.n == 0) return;
+  std::unique_ptr<PackedGemmWeight> temporary;
+  const PackedGemmWeight* packed = dynamic_cast<const PackedGemmWeight*>(p.packed);
+  MOERUN_CHECK(p.packed == nullptr || packed != nullptr,
+               "gemm: the packed weight was not made by the optimized kernels");
+  if (packed == nullptr) {
+    // No pack: re-block just the panels this call reads (slow, but the same arithmetic).
+    temporary = std::make_unique<PackedGemmWeight>(p.w, p.row_begin / kPanel,
+                                                   ceil_div(p.row_begin + p.n, kPanel));
+    packed = temporary.get();
+  } else {
+    const PackedView& v = packed->view();
+    MOERUN_CHECK(v.format == p.w.format && v.rows == p.w.rows && v.cols == p.w.cols,
+                 "gemm: the packed weight does not match the weight view");
+  }
+  const int threads = resolve_threads(num_threads);
+  const Path path = choose_path(f, p.w.format);
+  // Prefill goes through fp32 FMA even where vdpbf16ps exists: weights converted once per
+  // chunk are reused by every row, and on Sapphire/Emerald Rapids two FMA ports give twice
+  // the multiply-adds per cycle of vdpbf16ps (bench_gemm measures both). Same results.
+  if (path == Path::kAvx512Bf16 && p.m <= kMaxDirectRows)
+    gemm_bf16_direct(p, packed->view(), f.avx512_vbmi, threads);
+  else
+    gemm_f32_family(p, packed->view(), path == Path::kAvx512Bf16 ? Path::kAvx512 : path, threads);
+}
+
+namespace {
+
+using QuantRowFn = bool (*)(float* x, int64_t cols, int64_t block);
+
+void quantize_rows(float* x, int64_t rows, int64_t ld, int64_t cols, int64_t block,
+                   QuantRowFn vector_row, void (*scalar_block)(float*, size_t), int threads) {
+  MOERUN_CHECK(block > 0 && cols % block == 0, "quantize: cols {} not a multiple of block {}", cols,
+               block);
+  int64_t bad_row = -1;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(max : bad_row)
+  for (int64_t i = 0; i < rows; ++i) {
+    float* row = x + i * ld;
+    if (vector_row != nullptr) {
+      if (!vector_row(row, cols, block)) bad_row = std::max(bad_row, i);
+      continue;
+    }
+    for (int64_t b = 0; b < cols; b += block) {
+      float amax = 0.0f;
+      for (int64_t t = 0; t < block; ++t) amax = std::max(amax, std::fabs(row[b + t]));
+      if (!std::isfinite(amax)) {  // numfmt would throw, inside a parallel region
+        bad_row = std::max(bad_row, i);
+        break;
+      }
+      scalar_block(row + b, static_cast<size_t>(block));
+    }
+  }
+  if (bad_row >= 0) {
+    // Rethrow numfmt's own error from the calling thread.
+    for (int64_t b = 0; b < cols; b += block)
+      scalar_block(x + bad_row * ld + b, static_cast<size_t>(block));
+    MOERUN_THROW("quantize: row {} has a non-finite value", bad_row);
+  }
+}
+
+}  // namespace
+
+void opt_quantize_e4m3(float* x, int64_t rows, int64_t ld, int64_t cols, int64_t block,
+                       const CpuFeatures& f, int num_threads) {
+  quantize_rows(x, rows, ld, cols, block,
+                f.avx512f ? gemm_detail::quantize_row_e4m3_avx512 : nullptr,
+                numfmt::fake_quant_block_e4m3, resolve_threads(num_threads));
+}
+
+void opt_quantize_e2m1(float* x, int64_t rows, int64_t ld, int64_t cols, int64_t block,
+                       const CpuFeatures& f, int num_threads) {
+  quantize_rows(x, rows, ld, cols, block,
+                f.avx512f ? gemm_detail::quantize_row_e2m1_avx512 : nullptr,
+                numfmt::fake_quant_block_e2m1, resolve_threads(num_threads));
+}
+
+}  // namespace moerun::kernels

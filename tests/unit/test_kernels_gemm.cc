@@ -1,0 +1,559 @@
+// Tests of the optimized GEMM and activation quantization (kernels/cpu/opt_gemm.h):
+//   - the order contract: every SIMD path this CPU has gives, bit for bit, what a scalar loop
+//     of the contract computes (fp32 accumulator from +0, exact products added for k = 0, 1, ...
+//     with one rounding each; fma for fp32 weights), for all weight formats, odd sizes, slices,
+//     strides, bf16 rounding on/off, packed or not, 1 and 2 threads;
+//   - closeness to the reference kernels (double sums) within kernels/tolerance.h;
+//   - batch invariance: a row computed in a batch equals the row computed alone;
+//   - act_quant / fp4_act_quant bit-exact against the reference;
+//   - MOERUN_CPU_FEATURES parsing.
+// Data are realistic (model spec §3.3, §5): weights ~N(0, 1/k) quantized with the checkpoint
+// rules, activations ~N(0, 1) through act_quant. The bf16 hardware paths flush subnormal
+// inputs and results to zero, which such data never reach; synthetic subnormal data would be
+// the one documented exception to the contract.
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "common/error.h"
+#include "common/numfmt.h"
+#include "common/weight_quant.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/opt_gemm.h"
+#include "kernels/cpu/reference.h"
+#include "kernels/cpu/weight_decode.h"
+#include "kernels/tolerance.h"
+
+namespace moerun::kernels {
+namespace {
+
+// ---- feature levels --------------------------------------------------------------------
+
+struct Level {
+  std::string name;
+  CpuFeatures features;
+};
+
+// Every level the CPU (as capped by MOERUN_CPU_FEATURES) offers, lowest first.
+std::vector<Level> available_levels() {
+  const CpuFeatures& f = cpu_features();
+  std::vector<Level> levels;
+  CpuFeatures c;
+  levels.push_back({"portable", c});
+  if (f.avx2) {
+    c.avx2 = true;
+    levels.push_back({"avx2", c});
+  }
+  if (f.avx512f) {
+    c.avx512f = true;
+    c.avx512_vbmi = f.avx512_vbmi;
+    levels.push_back({"avx512", c});
+  }
+  if (f.avx512_bf16) {
+    c.avx512_bf16 = true;
+    if (c.avx512_vbmi) {  // the FP8 decoder without byte tables too (Cooper Lake)
+      c.avx512_vbmi = false;
+      levels.push_back({"avx512bf16-novbmi", c});
+      c.avx512_vbmi = true;
+    }
+    levels.push_back({"avx512bf16", c});
+  }
+  if (f.amx_usable) {
+    c.amx_bf16 = c.amx_usable = true;
+    levels.push_back({"amx", c});
+  }
+  return levels;
+}
+
+// ---- test data ---------------------------------------------------------------------------
+
+const char* format_name(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::kF32:
+      return "f32";
+    case WeightFormat::kBf16:
+      return "bf16";
+    case WeightFormat::kFp8:
+      return "fp8";
+    case WeightFormat::kFp4:
+      return "fp4";
+  }
+  return "?";
+}
+
+// A weight in checkpoint layout with the buffers it points into.
+struct TestWeight {
+  std::vector<float> f32;
+  std::vector<uint16_t> bf16;
+  std::vector<uint8_t> codes;
+  std::vector<uint8_t> scales;
+  WeightView view;
+};
+
+std::unique_ptr<TestWeight> make_weight(WeightFormat format, int64_t rows, int64_t cols,
+                                        uint32_t seed) {
+  auto t = std::make_unique<TestWeight>();
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f / std::sqrt(static_cast<float>(cols)));
+  std::vector<float> w(static_cast<size_t>(rows * cols));
+  for (float& x : w) x = normal(rng);
+  // A few tiny weights, for e4m3 subnormal codes and zeros.
+  for (size_t i = 0; i < w.size(); i += 97) w[i] *= 1e-4f;
+  t->view.format = format;
+  t->view.rows = rows;
+  t->view.cols = cols;
+  switch (format) {
+    case WeightFormat::kF32:
+      t->f32 = w;
+      t->view.data = t->f32.data();
+      break;
+    case WeightFormat::kBf16:
+      t->bf16.resize(w.size());
+      for (size_t i = 0; i < w.size(); ++i) t->bf16[i] = numfmt::f32_to_bf16(w[i]);
+      t->view.data = t->bf16.data();
+      break;
+    case WeightFormat::kFp8:
+      t->codes.resize(w.size());
+      t->scales.resize(static_cast<size_t>(((rows + 127) / 128) * ((cols + 127) / 128)));
+      numfmt::quantize_fp8_weight(w.data(), rows, cols, t->codes.data(), t->scales.data());
+      t->view.data = t->codes.data();
+      t->view.scales = t->scales.data();
+      break;
+    case WeightFormat::kFp4:
+      t->codes.resize(w.size() / 2);
+      t->scales.resize(static_cast<size_t>(rows * (cols / 32)));
+      numfmt::quantize_fp4_weight(w.data(), rows, cols, t->codes.data(), t->scales.data());
+      t->view.data = t->codes.data();
+      t->view.scales = t->scales.data();
+      break;
+  }
+  return t;
+}
+
+// Activations [m, lda]: ~N(0, 1); act_quant'ed (1×128 e4m3) for FP8/FP4 weights, bf16 for
+// bf16 weights (the GEMM's input contract), left fp32 for fp32 weights. Padding is NaN so
+// that reading past cols shows.
+std::vector<float> make_activations(WeightFormat format, int64_t m, int64_t cols, int64_t lda,
+                                    uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> a(static_cast<size_t>(m * lda), std::numeric_limits<float>::quiet_NaN());
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t k = 0; k < cols; ++k) a[i * lda + k] = normal(rng);
+  if (format == WeightFormat::kFp8 || format == WeightFormat::kFp4) {
+    EXPECT_EQ(cols % 32, 0);
+    const int64_t block = cols % 128 == 0 ? 128 : 32;
+    ReferenceKernels().quantize_e4m3(a.data(), m, lda, cols, block);
+  } else if (format == WeightFormat::kBf16) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t k = 0; k < cols; ++k) a[i * lda + k] = numfmt::round_to_bf16(a[i * lda + k]);
+  }
+  return a;
+}
+
+// The contract, written out: fp32 accumulator from +0, fma over k in order (an exact product
+// makes fma the same as multiply-then-add), then bf16 rounding if asked.
+std::vector<float> contract_gemm(const GemmParams& p) {
+  std::vector<float> out(static_cast<size_t>(p.m * p.ldo), 0.0f);
+  std::vector<float> wrow(static_cast<size_t>(p.w.cols));
+  for (int64_t j = 0; j < p.n; ++j) {
+    decode_weight_row(p.w, p.row_begin + j, wrow.data());
+    for (int64_t i = 0; i < p.m; ++i) {
+      const float* a = p.a + i * p.lda;
+      float acc = 0.0f;
+      for (int64_t k = 0; k < p.w.cols; ++k) acc = std::fma(a[k], wrow[k], acc);
+      out[i * p.ldo + j] = p.round_bf16 ? numfmt::round_to_bf16(acc) : acc;
+    }
+  }
+  return out;
+}
+
+uint32_t bits(float x) {
+  uint32_t b = 0;
+  std::memcpy(&b, &x, 4);
+  return b;
+}
+
+// "" when out equals want bit for bit on the m×n outputs; else the first mismatches.
+std::string first_mismatches(const std::vector<float>& out, const std::vector<float>& want,
+                             int64_t m, int64_t n, int64_t ldo) {
+  std::string msg;
+  int count = 0;
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      const float got = out[i * ldo + j];
+      const float exp = want[i * ldo + j];
+      if (bits(got) == bits(exp)) continue;
+      if (count < 8)
+        msg +=
+            fmt::format("  [i={}, j={}] got {:a} ({}) want {:a} ({})\n", i, j, got, got, exp, exp);
+      ++count;
+    }
+  if (count > 0) msg = fmt::format("{} of {} outputs differ:\n", count, m * n) + msg;
+  return msg;
+}
+
+// One GEMM call's shape and options.
+struct Case {
+  int64_t m = 1;
+  int64_t n = 1;
+  int64_t row_begin = 0;
+  int64_t lda_pad = 0;
+  int64_t ldo_pad = 0;
+  bool round_bf16 = false;
+  bool packed = true;
+  int threads = 1;
+};
+
+std::string describe_case(const Level& level, WeightFormat f, int64_t cols, const Case& c) {
+  return fmt::format(
+      "{} {} cols={} m={} n={} row_begin={} lda+{} ldo+{} round_bf16={} packed={} "
+      "threads={}",
+      level.name, format_name(f), cols, c.m, c.n, c.row_begin, c.lda_pad, c.ldo_pad, c.round_bf16,
+      c.packed, c.threads);
+}
+
+// Runs opt_gemm for `c` and checks it against the contract loop; returns the outputs.
+void check_case(const Level& level, const TestWeight& w, const PackedWeight* pack, const Case& c,
+                uint32_t seed) {
+  const int64_t cols = w.view.cols;
+  const int64_t lda = cols + c.lda_pad;
+  const int64_t ldo = c.n + c.ldo_pad;
+  const std::vector<float> a = make_activations(w.view.format, c.m, cols, lda, seed);
+  GemmParams p;
+  p.a = a.data();
+  p.lda = lda;
+  p.m = c.m;
+  p.w = w.view;
+  p.row_begin = c.row_begin;
+  p.n = c.n;
+  p.ldo = ldo;
+  p.round_bf16 = c.round_bf16;
+  p.packed = c.packed ? pack : nullptr;
+  // Sentinel in the padding columns, which must stay untouched.
+  std::vector<float> out(static_cast<size_t>(c.m * ldo), -12345.0f);
+  p.out = out.data();
+  opt_gemm(p, level.features, c.threads);
+  std::vector<float> want = contract_gemm(p);
+  for (int64_t i = 0; i < c.m; ++i)
+    for (int64_t j = c.n; j < ldo; ++j) want[i * ldo + j] = -12345.0f;
+  const std::string diff = first_mismatches(out, want, c.m, ldo, ldo);
+  EXPECT_TRUE(diff.empty()) << describe_case(level, w.view.format, cols, c) << "\n" << diff;
+}
+
+struct FormatCols {
+  WeightFormat format;
+  int64_t small_cols;  // the full size sweep
+  int64_t large_cols;  // more than one reduction chunk (1024), a few sizes
+};
+
+constexpr FormatCols kFormats[] = {
+    {WeightFormat::kF32, 200, 1027},
+    {WeightFormat::kBf16, 200, 1027},
+    {WeightFormat::kFp8, 256, 1152},
+    {WeightFormat::kFp4, 96, 1056},
+};
+
+constexpr int64_t kWeightRows = 512;
+constexpr int64_t kSweepM[] = {1, 2, 3, 7, 16, 17, 33, 256};
+constexpr int64_t kSweepN[] = {1, 15, 16, 17, 129, 300};
+constexpr int64_t kRowBegins[] = {0, 5, 64, 131};
+
+class GemmContract : public ::testing::TestWithParam<int> {};
+
+// (a) Every path equals the contract loop bit for bit. The options rotate over the sweep so
+// that each is seen with many shapes.
+TEST_P(GemmContract, EveryPathMatchesTheScalarOrder) {
+  const FormatCols fc = kFormats[GetParam()];
+  for (const bool large : {false, true}) {
+    const int64_t cols = large ? fc.large_cols : fc.small_cols;
+    const auto w = make_weight(fc.format, kWeightRows, cols, 17 + static_cast<uint32_t>(cols));
+    const auto pack = opt_pack_weight(w->view);
+    ASSERT_NE(pack, nullptr);
+    EXPECT_GE(pack->bytes(), weight_data_bytes(w->view));
+    for (const Level& level : available_levels()) {
+      int idx = 0;
+      for (const int64_t m : kSweepM) {
+        for (const int64_t n : kSweepN) {
+          if (large && !(m == 1 || m == 7 || m == 17) && !(n == 17 || n == 129)) continue;
+          Case c;
+          c.m = m;
+          c.n = n;
+          c.row_begin = kRowBegins[idx % 4];
+          c.lda_pad = (idx % 3 == 1) ? 5 : 0;
+          c.ldo_pad = (idx % 3 == 2) ? 3 : 0;
+          c.round_bf16 = idx % 2 == 1;
+          c.packed = idx % 5 != 3;
+          c.threads = 1 + (idx / 2) % 2;
+          check_case(level, *w, pack.get(), c, static_cast<uint32_t>(1000 + idx));
+          ++idx;
+        }
+      }
+      if (HasFailure()) return;
+    }
+  }
+}
+
+// (c) A row of a batch equals the same row computed alone, on every path.
+TEST_P(GemmContract, BatchInvariance) {
+  const FormatCols fc = kFormats[GetParam()];
+  const int64_t cols = fc.small_cols;
+  const auto w = make_weight(fc.format, kWeightRows, cols, 99);
+  const auto pack = opt_pack_weight(w->view);
+  for (const Level& level : available_levels()) {
+    for (const int64_t m : {int64_t{5}, int64_t{37}, int64_t{256}}) {
+      const std::vector<float> a = make_activations(fc.format, m, cols, cols, 7);
+      const int64_t n = 300;
+      std::vector<float> batch(static_cast<size_t>(m * n));
+      GemmParams p;
+      p.a = a.data();
+      p.lda = cols;
+      p.m = m;
+      p.w = w->view;
+      p.row_begin = 3;
+      p.n = n;
+      p.out = batch.data();
+      p.ldo = n;
+      p.round_bf16 = true;
+      p.packed = pack.get();
+      opt_gemm(p, level.features, 2);
+      for (int64_t i = 0; i < m; i += (m > 40 ? 13 : 1)) {
+        std::vector<float> alone(static_cast<size_t>(n));
+        GemmParams q = p;
+        q.a = a.data() + i * cols;
+        q.m = 1;
+        q.out = alone.data();
+        opt_gemm(q, level.features, 1);
+        const std::vector<float> row(batch.begin() + i * n, batch.begin() + (i + 1) * n);
+        const std::string diff = first_mismatches(alone, row, 1, n, n);
+        ASSERT_TRUE(diff.empty()) << level.name << " " << format_name(fc.format) << " m=" << m
+                                  << " row " << i << "\n"
+                                  << diff;
+      }
+    }
+  }
+}
+
+// (b) Against the reference (double sums) within kernels/tolerance.h.
+TEST_P(GemmContract, CloseToReference) {
+  const FormatCols fc = kFormats[GetParam()];
+  const Level best = available_levels().back();
+  for (const int64_t cols : {fc.small_cols, fc.large_cols}) {
+    const auto w = make_weight(fc.format, kWeightRows, cols, 5);
+    const auto pack = opt_pack_weight(w->view);
+    for (const bool round_bf16 : {false, true}) {
+      const int64_t m = 19;
+      const int64_t n = 257;
+      const std::vector<float> a = make_activations(fc.format, m, cols, cols, 11);
+      std::vector<float> got(static_cast<size_t>(m * n));
+      std::vector<float> ref(static_cast<size_t>(m * n));
+      GemmParams p;
+      p.a = a.data();
+      p.lda = cols;
+      p.m = m;
+      p.w = w->view;
+      p.row_begin = 100;
+      p.n = n;
+      p.ldo = n;
+      p.round_bf16 = round_bf16;
+      p.out = ref.data();
+      ReferenceKernels().gemm(p);
+      p.out = got.data();
+      p.packed = pack.get();
+      opt_gemm(p, best.features, 2);
+      const tolerance::Tolerance tol =
+          round_bf16 ? tolerance::kGemmBf16Out : tolerance::kGemmF32Out;
+      for (int64_t i = 0; i < m; ++i) {
+        double max_ref = 0, max_err = 0, sum_err = 0, sum_ref = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          const double r = ref[i * n + j];
+          const double e = std::fabs(static_cast<double>(got[i * n + j]) - r);
+          max_ref = std::max(max_ref, std::fabs(r));
+          max_err = std::max(max_err, e);
+          sum_err += e * e;
+          sum_ref += r * r;
+        }
+        const double rel_max = max_err / std::max(max_ref, 1e-30);
+        const double rel_l2 = std::sqrt(sum_err / std::max(sum_ref, 1e-60));
+        EXPECT_LE(rel_max, tol.rel_max)
+            << best.name << " " << format_name(fc.format) << " cols=" << cols << " row " << i;
+        EXPECT_LE(rel_l2, tol.rel_l2)
+            << best.name << " " << format_name(fc.format) << " cols=" << cols << " row " << i;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, GemmContract, ::testing::Range(0, 4),
+                         [](const ::testing::TestParamInfo<int>& param) {
+                           return std::string(format_name(kFormats[param.param].format));
+                         });
+
+TEST(GemmPack, RejectsForeignShapes) {
+  const auto w = make_weight(WeightFormat::kFp8, 256, 256, 1);
+  const auto other = make_weight(WeightFormat::kFp8, 256, 384, 1);
+  const auto pack = opt_pack_weight(other->view);
+  std::vector<float> a(256, 0.0f), out(4, 0.0f);
+  GemmParams p;
+  p.a = a.data();
+  p.lda = 256;
+  p.m = 1;
+  p.w = w->view;
+  p.n = 4;
+  p.out = out.data();
+  p.ldo = 4;
+  p.packed = pack.get();
+  EXPECT_THROW(opt_gemm(p, cpu_features(), 1), moerun::Error);
+  p.packed = nullptr;
+  p.row_begin = 253;
+  EXPECT_THROW(opt_gemm(p, cpu_features(), 1), moerun::Error);
+}
+
+// ---- activation quantization -------------------------------------------------------------
+
+// Values that exercise every branch: zeros of both signs, the ±448 / ±6 clamps and rounding
+// boundaries after scaling, e4m3 subnormals, blocks whose amax sits under the floor, NaN.
+std::vector<float> quant_input(int64_t rows, int64_t ld, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(rows * ld));
+  for (size_t i = 0; i < x.size(); ++i) {
+    float v = normal(rng) * std::ldexp(1.0f, static_cast<int>(i / 32 % 13) - 6);
+    switch (i % 41) {
+      case 0:
+        v = 0.0f;
+        break;
+      case 1:
+        v = -0.0f;
+        break;
+      case 2:
+        v = 448.0f;
+        break;
+      case 3:
+        v = -447.9f;
+        break;
+      case 4:
+        v = 464.0f;
+        break;  // a tie above 448 before scaling
+      case 5:
+        v = 1e-7f;
+        break;  // e4m3 subnormal after scaling
+      case 6:
+        v = -3e-6f;
+        break;
+      case 7:
+        v = 5.0f;
+        break;  // e2m1 tie 5 → 4 under scale 1
+      case 8:
+        v = 0.25f;
+        break;
+      default:
+        break;
+    }
+    x[i] = v;
+  }
+  // A block far below the act_quant floor and one entirely zero.
+  for (int64_t k = 0; k < 32 && k < ld; ++k) x[static_cast<size_t>(k)] = 1e-9f * (k - 16);
+  if (rows > 1)
+    for (int64_t k = 0; k < 128 && k < ld; ++k) x[static_cast<size_t>(ld + k)] = 0.0f;
+  if (rows > 2) x[static_cast<size_t>(2 * ld + 7)] = std::numeric_limits<float>::quiet_NaN();
+  if (rows > 2) x[static_cast<size_t>(2 * ld + 9)] = -std::numeric_limits<float>::quiet_NaN();
+  return x;
+}
+
+TEST(Quantize, BitExactAgainstReference) {
+  for (const Level& level : available_levels()) {
+    for (const int64_t block : {32, 64, 128}) {
+      for (const bool e4m3 : {true, false}) {
+        const int64_t rows = 9;
+        const int64_t cols = 512;
+        const int64_t ld = cols + 16;
+        std::vector<float> got = quant_input(rows, ld, static_cast<uint32_t>(block));
+        std::vector<float> want = got;
+        if (e4m3) {
+          ReferenceKernels().quantize_e4m3(want.data(), rows, ld, cols, block);
+          opt_quantize_e4m3(got.data(), rows, ld, cols, block, level.features, 2);
+        } else {
+          ReferenceKernels().quantize_e2m1(want.data(), rows, ld, cols, block);
+          opt_quantize_e2m1(got.data(), rows, ld, cols, block, level.features, 2);
+        }
+        const std::string diff = first_mismatches(got, want, rows, ld, ld);
+        EXPECT_TRUE(diff.empty()) << level.name << (e4m3 ? " e4m3" : " e2m1") << " block " << block
+                                  << "\n"
+                                  << diff;
+      }
+    }
+  }
+}
+
+TEST(Quantize, InfiniteInputThrows) {
+  for (const Level& level : available_levels()) {
+    std::vector<float> x(256, 1.0f);
+    x[130] = std::numeric_limits<float>::infinity();
+    EXPECT_THROW(opt_quantize_e4m3(x.data(), 2, 128, 128, 128, level.features, 2), moerun::Error)
+        << level.name;
+    EXPECT_THROW(opt_quantize_e2m1(x.data(), 2, 128, 128, 32, level.features, 2), moerun::Error)
+        << level.name;
+  }
+}
+
+// ---- feature detection -------------------------------------------------------------------
+
+TEST(CpuFeatures, DescribeNamesTheLevel) {
+  const CpuFeatures& f = cpu_features();
+  const std::string d = describe(f);
+  if (f.avx512_bf16) {
+    EXPECT_EQ(d.rfind("avx512-bf16", 0), 0u) << d;
+  }
+  EXPECT_EQ(describe(CpuFeatures{}), "portable");
+  EXPECT_FALSE(f.amx_usable && !f.amx_bf16);
+  EXPECT_FALSE(f.avx512f && !f.avx2);
+}
+
+// A fresh process per case (threadsafe death tests re-run the binary), since detection
+// happens once per process.
+TEST(CpuFeaturesDeathTest, EnvironmentCap) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        setenv("MOERUN_CPU_FEATURES", "sse9", 1);
+        try {
+          cpu_features();
+        } catch (const moerun::Error& e) {
+          fprintf(stderr, "%s\n", e.what());
+          std::exit(3);
+        }
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(3), "sse9.*portable, avx2, avx512, avx512bf16, amx");
+  EXPECT_EXIT(
+      {
+        setenv("MOERUN_CPU_FEATURES", "portable", 1);
+        fprintf(stderr, "level=%s\n", describe(cpu_features()).c_str());
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(0), "level=portable");
+  // Not cpu_features(): the re-run child must reach its case with detection not yet done.
+  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (has_avx2) {
+    EXPECT_EXIT(
+        {
+          setenv("MOERUN_CPU_FEATURES", "avx2", 1);
+          fprintf(stderr, "level=%s\n", describe(cpu_features()).c_str());
+          std::exit(0);
+        },
+        ::testing::ExitedWithCode(0), "level=avx2");
+  }
+}
+
+}  // namespace
+}  // namespace moerun::kernels
