@@ -33,6 +33,7 @@ EngineOptions options(KernelImpl impl, const fs::path& ckpt = kGoldenCkpt) {
   o.checkpoint = ckpt;
   o.kernels = impl;
   o.max_sequences = 8;
+  o.mtp = true;
   return o;
 }
 

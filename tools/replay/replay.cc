@@ -144,6 +144,7 @@ std::map<std::string, Tensor> run_replay(const ReplayOptions& opt) {
   eo.num_threads = opt.num_threads;
   eo.experts_per_token = opt.experts_per_token;
   eo.max_sequences = 2;  // one replayed sequence + one for isolated runs
+  eo.mtp = true;
   engine::Engine eng(eo);
   const ModelConfig& c = eng.config();
   const int64_t L = c.num_hidden_layers, hc = c.hc_mult, d = c.hidden_size, V = c.vocab_size;

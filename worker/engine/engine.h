@@ -35,7 +35,7 @@ struct EngineOptions {
   int64_t kv_blocks = 0;            // 0: enough for max_sequences full contexts
   int64_t block_tokens = 0;         // 0: the smallest multiple of every ratio ≥ 64
   int64_t max_batch_tokens = 4096;  // rows per step
-  bool mtp = true;                  // run the MTP block alongside (if the model has one)
+  bool mtp = false;                 // run the MTP block alongside (drafts, golden replays)
 };
 
 using SeqId = int64_t;
