@@ -228,25 +228,25 @@ TEST(ModelConfigFiles, FourExpertDiffersOnlyInExpertsPerToken) {
 TEST(ModelConfigFiles, SmallPresetSizesAndEverythingElseAsFlash) {
   const json small = read_json(config_path("dsv4-small.json"));
   const json flash = read_json(config_path("dsv4-flash.json"));
-  const json changed = {{"vocab_size", 16384},
-                        {"hidden_size", 1024},
-                        {"num_hidden_layers", 7},
+  const json changed = {{"vocab_size", 32768},
+                        {"hidden_size", 2048},
+                        {"num_hidden_layers", 8},
                         {"num_nextn_predict_layers", 1},
-                        {"num_attention_heads", 8},
+                        {"num_attention_heads", 16},
                         {"head_dim", 512},
                         {"qk_rope_head_dim", 64},
-                        {"q_lora_rank", 512},
-                        {"o_groups", 4},
-                        {"o_lora_rank", 256},
+                        {"q_lora_rank", 1024},
+                        {"o_groups", 8},
+                        {"o_lora_rank", 512},
                         {"sliding_window", 128},
-                        {"compress_ratios", {0, 0, 4, 128, 4, 128, 4, 0}},
+                        {"compress_ratios", {0, 0, 4, 128, 4, 128, 4, 128, 0}},
                         {"index_n_heads", 16},
                         {"index_head_dim", 128},
                         {"index_topk", 64},
-                        {"n_routed_experts", 64},
+                        {"n_routed_experts", 32},
                         {"num_experts_per_tok", 6},
                         {"num_hash_layers", 3},
-                        {"moe_intermediate_size", 512},
+                        {"moe_intermediate_size", 1024},
                         {"max_position_embeddings", 65536}};
   ASSERT_EQ(small.size(), flash.size());
   for (const auto& item : small.items()) {
@@ -262,13 +262,13 @@ TEST(ModelConfigFiles, SmallPresetSizesAndEverythingElseAsFlash) {
   const std::vector<AttentionKind> kinds = {
       AttentionKind::kSlidingWindow, AttentionKind::kSlidingWindow, AttentionKind::kCsa,
       AttentionKind::kHca,           AttentionKind::kCsa,           AttentionKind::kHca,
-      AttentionKind::kCsa,           AttentionKind::kSlidingWindow};
-  ASSERT_EQ(c.num_layers_total(), 8);
-  for (int64_t layer = 0; layer < 8; ++layer) {
+      AttentionKind::kCsa,           AttentionKind::kHca,           AttentionKind::kSlidingWindow};
+  ASSERT_EQ(c.num_layers_total(), 9);
+  for (int64_t layer = 0; layer < 9; ++layer) {
     EXPECT_EQ(c.attention_kind(layer), kinds[static_cast<size_t>(layer)]) << "layer " << layer;
     EXPECT_EQ(c.is_hash_layer(layer), layer < 3) << "layer " << layer;
   }
-  EXPECT_TRUE(c.is_mtp_layer(7));
+  EXPECT_TRUE(c.is_mtp_layer(8));
   EXPECT_EQ(c.heads_per_group(), 2);
 }
 
