@@ -1,11 +1,14 @@
 // Throughput of the optimized GEMM (kernels/cpu/opt_gemm.h) against ceilings measured in the
-// same run: the fp32 FMA and vdpbf16ps peaks of this CPU (instruction loops with independent
-// accumulators), and the streaming-read memory bandwidth (1 GiB, past the last-level cache).
+// same run: the fp32 FMA, vdpbf16ps and (where usable) AMX TDPBF16PS peaks of this CPU
+// (instruction loops with independent accumulators, the AMX one on register-resident tiles),
+// and the streaming-read memory bandwidth (1 GiB, past the last-level cache).
 // Prefill: FP8 4096×4096 and FP4 2048×4096 (Flash's shapes) at M = 256, as GFLOP/s and as a
-// fraction of the best peak. Decode: M = 1 over a set of distinct packed weights larger than
-// the L3, as GB/s of weight bytes (data + scales) and as a fraction of the stream bandwidth.
-// Each with 1 and 2 threads. Every GEMM is validated against a scalar loop of the order
-// contract before it is timed.
+// fraction of the peak of the path it takes (AMX where usable, else the best SIMD peak).
+// Decode: M = 1 over a set of distinct packed weights larger than the L3, as GB/s of weight
+// bytes (data + scales) and as a fraction of the stream bandwidth. Where AMX is usable the same
+// GEMMs also run with it capped off, for comparison. Each with 1, 2 and (if more are allowed)
+// OMP_NUM_THREADS threads. Every GEMM is validated before it is timed: bit for bit against a
+// scalar loop of the order contract, or for AMX (its own order) within kernels/tolerance.h.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -25,6 +28,7 @@
 #include "kernels/cpu/opt_gemm.h"
 #include "kernels/cpu/reference.h"
 #include "kernels/cpu/weight_decode.h"
+#include "kernels/tolerance.h"
 
 namespace moerun::kernels {
 namespace {
@@ -73,17 +77,65 @@ __attribute__((target("avx512f,avx512bf16"))) double dpbf16_loop(int64_t iters) 
   return sum;
 }
 
+// TDPBF16PS on tiles loaded once: C tiles 0-3 += A tiles 4-5 × B tiles 6-7 (all 16 × 64 bytes),
+// four independent accumulators, as in the GEMM's 2×2 block without its loads.
+constexpr int64_t kAmxPeakIters = 1'000'000;
+struct alignas(64) TileConfig {
+  uint8_t palette_id = 0;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+constexpr TileConfig make_tile_config() {
+  TileConfig t;
+  t.palette_id = 1;
+  for (int i = 0; i < 8; ++i) {
+    t.colsb[i] = 64;
+    t.rows[i] = 16;
+  }
+  return t;
+}
+constexpr TileConfig kTileConfig = make_tile_config();
+
+__attribute__((target("amx-tile,amx-bf16"))) double amx_loop(int64_t iters) {
+  alignas(64) uint16_t src[16 * 32];
+  for (int i = 0; i < 16 * 32; ++i) src[i] = i % 2 == 0 ? 0x3F80 : 0x3380;  // 1, 2^-24
+  alignas(64) float out[16 * 16];
+  // GCC's tile intrinsics do not name the memory they read: make src visible to them.
+  __asm__ volatile("" ::: "memory");
+  _tile_loadconfig(&kTileConfig);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, src, 64);
+  _tile_loadd(5, src, 64);
+  _tile_loadd(6, src, 64);
+  _tile_loadd(7, src, 64);
+  for (int64_t i = 0; i < iters; ++i) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, out, 64);
+  _tile_release();
+  return out[0];
+}
+
 // GFLOP/s of `loop` on `threads` threads; flops_per_iter counts a multiply-add as 2.
-double peak_gflops(double (*loop)(int64_t), double flops_per_iter, int threads) {
+double peak_gflops(double (*loop)(int64_t), double flops_per_iter, int threads,
+                   int64_t iters = kPeakIters) {
   double best = 0;
   for (int rep = 0; rep < 5; ++rep) {  // best of 5: the 2-core VM shares its cores
     double sink = 0;
     const auto t0 = Clock::now();
 #pragma omp parallel num_threads(threads) reduction(+ : sink)
-    sink += loop(kPeakIters);
+    sink += loop(iters);
     const double t = seconds_since(t0);
     if (sink == 12345.0) std::printf(" ");
-    best = std::max(best, flops_per_iter * kPeakIters * threads / t * 1e-9);
+    best = std::max(best, flops_per_iter * static_cast<double>(iters) * threads / t * 1e-9);
   }
   return best;
 }
@@ -156,8 +208,38 @@ std::vector<float> make_activations(int64_t m, int64_t cols) {
   return a;
 }
 
+// AMX (its own order): rows [0, check_rows) of out within kGemmBf16Out of double sums.
+bool validate_amx(const GemmParams& p, int64_t check_rows) {
+  std::vector<float> wrow(static_cast<size_t>(p.w.cols));
+  std::vector<double> ref(static_cast<size_t>(check_rows * p.n));
+  for (int64_t j = 0; j < p.n; ++j) {
+    decode_weight_row(p.w, p.row_begin + j, wrow.data());
+    for (int64_t i = 0; i < std::min(check_rows, p.m); ++i) {
+      double acc = 0;
+      for (int64_t k = 0; k < p.w.cols; ++k)
+        acc += static_cast<double>(p.a[i * p.lda + k]) * static_cast<double>(wrow[k]);
+      ref[i * p.n + j] = acc;
+    }
+  }
+  for (int64_t i = 0; i < std::min(check_rows, p.m); ++i) {
+    double max_ref = 0;
+    double max_err = 0;
+    for (int64_t j = 0; j < p.n; ++j) {
+      max_ref = std::max(max_ref, std::fabs(ref[i * p.n + j]));
+      max_err = std::max(max_err, std::fabs(p.out[i * p.ldo + j] - ref[i * p.n + j]));
+    }
+    if (max_err > tolerance::kGemmBf16Out.rel_max * max_ref) {
+      std::printf("VALIDATION FAILED (AMX) in row %lld: max error %.3g, row max %.3g\n",
+                  static_cast<long long>(i), max_err, max_ref);
+      return false;
+    }
+  }
+  return true;
+}
+
 // Checks rows [0, check_rows) of out against the contract loop; false on any difference.
-bool validate(const GemmParams& p, int64_t check_rows) {
+bool validate(const GemmParams& p, int64_t check_rows, const CpuFeatures& f) {
+  if (f.amx_usable) return validate_amx(p, check_rows);
   std::vector<float> wrow(static_cast<size_t>(p.w.cols));
   for (int64_t j = 0; j < p.n; ++j) {
     decode_weight_row(p.w, p.row_begin + j, wrow.data());
@@ -183,9 +265,15 @@ const char* format_name(WeightFormat f) {
   return f == WeightFormat::kFp8 ? "FP8" : "FP4";
 }
 
+// The feature sets to time: the CPU's, and where it has AMX the same without it.
+struct Variant {
+  const char* name;
+  CpuFeatures features;
+  const std::vector<double>* peaks;  // per entry of thread_counts
+};
+
 // Best-of-N seconds of one GEMM call.
-double time_gemm(const GemmParams& p, int threads, int reps) {
-  const CpuFeatures& f = cpu_features();
+double time_gemm(const GemmParams& p, const CpuFeatures& f, int threads, int reps) {
   opt_gemm(p, f, threads);  // warm-up
   double best = 1e30;
   for (int r = 0; r < reps; ++r) {
@@ -196,7 +284,8 @@ double time_gemm(const GemmParams& p, int threads, int reps) {
   return best;
 }
 
-bool bench_prefill(WeightFormat format, int64_t n, int64_t k, double peak1, double peak2) {
+bool bench_prefill(WeightFormat format, int64_t n, int64_t k, const std::vector<int>& thread_counts,
+                   const std::vector<Variant>& variants) {
   const int64_t m = 256;
   const Weight w = make_weight(format, n, k);
   const auto pack = opt_pack_weight(w.view);
@@ -212,23 +301,28 @@ bool bench_prefill(WeightFormat format, int64_t n, int64_t k, double peak1, doub
   p.ldo = n;
   p.round_bf16 = true;
   p.packed = pack.get();
-  opt_gemm(p, cpu_features(), 2);
-  if (!validate(p, 3)) return false;
-  for (const int threads : {1, 2}) {
-    const double t = time_gemm(p, threads, 5);
-    const double gflops = 2.0 * m * n * k / t * 1e-9;
-    const double peak = threads == 1 ? peak1 : peak2;
-    std::printf(
-        "  %s prefill M=%lld N=%lld K=%lld  %d thr: %8.3f ms  %7.1f GFLOP/s  %.2f of peak\n",
-        format_name(format), static_cast<long long>(m), static_cast<long long>(n),
-        static_cast<long long>(k), threads, t * 1e3, gflops, gflops / peak);
+  for (const Variant& v : variants) {
+    std::fill(out.begin(), out.end(), 0.0f);
+    opt_gemm(p, v.features, 2);
+    if (!validate(p, 3, v.features)) return false;
+    for (size_t t_idx = 0; t_idx < thread_counts.size(); ++t_idx) {
+      const int threads = thread_counts[t_idx];
+      const double t = time_gemm(p, v.features, threads, 5);
+      const double gflops = 2.0 * m * n * k / t * 1e-9;
+      std::printf(
+          "  %s prefill M=%lld N=%lld K=%lld %-7s %2d thr: %8.3f ms  %7.1f GFLOP/s  %.2f of "
+          "its peak\n",
+          format_name(format), static_cast<long long>(m), static_cast<long long>(n),
+          static_cast<long long>(k), v.name, threads, t * 1e3, gflops, gflops / (*v.peaks)[t_idx]);
+    }
   }
   return true;
 }
 
 // M = 1 over `copies` distinct packs of the same weight (together past the L3), one call per
 // pack in turn, so every call streams its weight from memory.
-bool bench_decode(WeightFormat format, int64_t n, int64_t k, double bw1, double bw2) {
+bool bench_decode(WeightFormat format, int64_t n, int64_t k, const std::vector<int>& thread_counts,
+                  const std::vector<double>& bandwidth, const std::vector<Variant>& variants) {
   constexpr int64_t kTargetBytes = int64_t{768} << 20;
   const Weight w = make_weight(format, n, k);
   const int64_t bytes = weight_data_bytes(w.view) + weight_scale_bytes(w.view);
@@ -246,27 +340,30 @@ bool bench_decode(WeightFormat format, int64_t n, int64_t k, double bw1, double 
   p.out = out.data();
   p.ldo = n;
   p.round_bf16 = true;
-  p.packed = packs.back().get();
-  opt_gemm(p, cpu_features(), 1);
-  if (!validate(p, 1)) return false;
-  for (const int threads : {1, 2}) {
-    double best = 1e30;
-    for (int rep = 0; rep < 3; ++rep) {
-      const auto t0 = Clock::now();
-      for (const auto& pk : packs) {
-        p.packed = pk.get();
-        opt_gemm(p, cpu_features(), threads);
+  for (const Variant& v : variants) {
+    p.packed = packs.back().get();
+    std::fill(out.begin(), out.end(), 0.0f);
+    opt_gemm(p, v.features, 1);
+    if (!validate(p, 1, v.features)) return false;
+    for (size_t t_idx = 0; t_idx < thread_counts.size(); ++t_idx) {
+      const int threads = thread_counts[t_idx];
+      double best = 1e30;
+      for (int rep = 0; rep < 3; ++rep) {
+        const auto t0 = Clock::now();
+        for (const auto& pk : packs) {
+          p.packed = pk.get();
+          opt_gemm(p, v.features, threads);
+        }
+        best = std::min(best, seconds_since(t0));
       }
-      best = std::min(best, seconds_since(t0));
+      const double gbps = static_cast<double>(bytes) * copies / best * 1e-9;
+      std::printf(
+          "  %s decode  M=1 N=%lld K=%lld %-7s %2d thr: %8.3f ms/call  %6.1f GB/s  %.2f of "
+          "stream (%lld packs, %.0f MiB)\n",
+          format_name(format), static_cast<long long>(n), static_cast<long long>(k), v.name,
+          threads, best / copies * 1e3, gbps, gbps / bandwidth[t_idx],
+          static_cast<long long>(copies), static_cast<double>(bytes * copies) / (1 << 20));
     }
-    const double gbps = static_cast<double>(bytes) * copies / best * 1e-9;
-    const double bw = threads == 1 ? bw1 : bw2;
-    std::printf(
-        "  %s decode  M=1 N=%lld K=%lld    %d thr: %8.3f ms/call  %6.1f GB/s  %.2f of stream"
-        " (%lld packs, %.0f MiB)\n",
-        format_name(format), static_cast<long long>(n), static_cast<long long>(k), threads,
-        best / copies * 1e3, gbps, gbps / bw, static_cast<long long>(copies),
-        static_cast<double>(bytes * copies) / (1 << 20));
   }
   return true;
 }
@@ -279,39 +376,59 @@ int run() {
     std::printf("no AVX-512 on this CPU: the peak loops need it; nothing measured\n");
     return 0;
   }
-  double best1 = 0;
-  double best2 = 0;
+  std::vector<int> thread_counts = {1, 2};
+  if (omp_get_max_threads() > 2) thread_counts.push_back(omp_get_max_threads());
+  std::vector<double> simd_peaks;
+  std::vector<double> amx_peaks;
   std::printf("peaks (same run):\n");
-  for (const int threads : {1, 2}) {
+  for (const int threads : thread_counts) {
     const double fma = peak_gflops(fma_loop, 12 * 16 * 2, threads);
-    std::printf("  fp32 FMA zmm        %d thr: %7.1f GFLOP/s\n", threads, fma);
+    std::printf("  fp32 FMA zmm        %2d thr: %8.1f GFLOP/s\n", threads, fma);
     double best = fma;
     if (f.avx512_bf16) {
       const double dp = peak_gflops(dpbf16_loop, 12 * 16 * 4, threads);
-      std::printf("  vdpbf16ps zmm       %d thr: %7.1f GFLOP/s\n", threads, dp);
+      std::printf("  vdpbf16ps zmm       %2d thr: %8.1f GFLOP/s\n", threads, dp);
       best = std::max(best, dp);
     }
-    (threads == 1 ? best1 : best2) = best;
+    simd_peaks.push_back(best);
+    if (f.amx_usable) {
+      const double amx = peak_gflops(amx_loop, 4.0 * 16 * 16 * 32 * 2, threads, kAmxPeakIters);
+      std::printf("  AMX tdpbf16ps       %2d thr: %8.1f GFLOP/s\n", threads, amx);
+      amx_peaks.push_back(amx);
+    }
   }
-  // TDPBF16PS rounds differently from the sequential fp32 order of the GEMM contract (checked
-  // on Sapphire Rapids: ~85% of K = 1024 sums differ in the last bits), so there is no AMX path.
-  if (f.amx_usable)
-    std::printf("  (AMX usable, but it cannot meet the order contract: no AMX path)\n");
+  // The GEMM takes AMX wherever it is usable (FP8/FP4 here); "simd" is the same call with AMX
+  // capped off, as MOERUN_CPU_FEATURES=avx512bf16 would.
+  std::vector<Variant> variants;
+  if (f.amx_usable) {
+    variants.push_back({"amx", f, &amx_peaks});
+    CpuFeatures simd = f;
+    simd.amx_usable = false;
+    variants.push_back({"simd", simd, &simd_peaks});
+  } else {
+    variants.push_back({"simd", f, &simd_peaks});
+  }
 
   const int64_t n_floats = (int64_t{1} << 30) / 4;
   float* buf = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(n_floats) * 4));
   for (int64_t i = 0; i < n_floats; ++i) buf[i] = static_cast<float>(i & 1023);
-  const double bw1 = stream_gbps(buf, n_floats, 1);
-  const double bw2 = stream_gbps(buf, n_floats, 2);
+  std::vector<double> bandwidth;
+  std::printf("streaming read (1 GiB):");
+  for (const int threads : thread_counts) {
+    bandwidth.push_back(stream_gbps(buf, n_floats, threads));
+    std::printf(" %d thr %.1f GB/s;", threads, bandwidth.back());
+  }
+  std::printf("\n");
   std::free(buf);
-  std::printf("streaming read (1 GiB): 1 thr %.1f GB/s, 2 thr %.1f GB/s\n", bw1, bw2);
 
-  std::printf("prefill (best peak: %.1f / %.1f GFLOP/s at 1 / 2 threads):\n", best1, best2);
-  if (!bench_prefill(WeightFormat::kFp8, 4096, 4096, best1, best2)) return 1;
-  if (!bench_prefill(WeightFormat::kFp4, 2048, 4096, best1, best2)) return 1;
+  std::printf(
+      "prefill (ratios against the peak of the path: amx = AMX tile loop, simd = best of "
+      "FMA / vdpbf16ps):\n");
+  if (!bench_prefill(WeightFormat::kFp8, 4096, 4096, thread_counts, variants)) return 1;
+  if (!bench_prefill(WeightFormat::kFp4, 2048, 4096, thread_counts, variants)) return 1;
   std::printf("decode:\n");
-  if (!bench_decode(WeightFormat::kFp8, 4096, 4096, bw1, bw2)) return 1;
-  if (!bench_decode(WeightFormat::kFp4, 2048, 4096, bw1, bw2)) return 1;
+  if (!bench_decode(WeightFormat::kFp8, 4096, 4096, thread_counts, bandwidth, variants)) return 1;
+  if (!bench_decode(WeightFormat::kFp4, 2048, 4096, thread_counts, bandwidth, variants)) return 1;
   return 0;
 }
 

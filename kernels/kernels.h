@@ -59,11 +59,17 @@ struct WeightView {
 // through act_quant (1×128 e4m3, see quantize_e4m3) — the GEMM does not quantize.
 // Activations of kBf16 / kFp8 / kFp4 GEMMs must be bf16-representable (every GEMM input of
 // the model is), so that products are exact in fp32 and bf16 hardware dot products apply.
-// The optimized kernels sum in one fixed order for every output: an fp32 accumulator from
-// +0, adding the exact products a[k]·W[j][k] for k = 0, 1, ..., cols−1 with one rounding each
-// (fma for kF32 weights, whose products are not exact). Every SIMD path (AMX tiles, AVX-512
-// BF16, AVX-512F, AVX2, scalar) reproduces that order, so results do not depend on the path,
-// the batch size or the thread count.
+// ORDER CONTRACT. The optimized kernels sum in one fixed order for every output: an fp32
+// accumulator from +0, adding the exact products a[k]·W[j][k] for k = 0, 1, ..., cols−1 with
+// one rounding each (fma for kF32 weights, whose products are not exact). Every SIMD path
+// (AVX-512 BF16, AVX-512F, AVX2, scalar) reproduces that order, so results do not depend on
+// the path, the batch size or the thread count. The one exception is AMX: where
+// cpu_features().amx_usable (not capped off by MOERUN_CPU_FEATURES), kBf16/kFp8/kFp4 GEMMs of
+// every m use TDPBF16PS, which adds each K tile of 32 products its own way. Its order is fixed
+// by cols alone (K tiles of 32 ascending, one fp32 accumulator from +0), so on such a CPU rows
+// are still batch-invariant and thread-count-invariant, but they differ from the other paths
+// in the last bits (within kernels/tolerance.h). Nodes that must agree bit for bit across
+// CPUs with and without AMX all set MOERUN_CPU_FEATURES=avx512bf16 (or lower).
 // A weight re-laid out by one kernel set for its SIMD paths (still FP8/FP4/bf16/fp32 values,
 // only re-blocked), made once at load by Kernels::pack. Owned by the caller.
 class PackedWeight {

@@ -76,8 +76,9 @@ CpuFeatures detect() {
     __cpuid_count(7, 1, eax1, ebx1, ecx1, edx1);
     f.avx512_bf16 = f.avx512f && bit(eax1, 5);
   }
-  // The AMX kernels also use AVX-512 for packing and stores.
-  f.amx_usable = f.amx_bf16 && f.avx512f && request_amx_permission();
+  // The AMX kernels also use AVX-512 (BW, BF16, VBMI) to decode weights into tiles; every CPU
+  // with AMX has them. The permission is asked for last, only when it would be used.
+  f.amx_usable = f.amx_bf16 && f.avx512_bf16 && f.avx512_vbmi && request_amx_permission();
   return f;
 }
 
@@ -109,6 +110,7 @@ const CpuFeatures& cpu_features() {
   return features;
 }
 
+// "+amx" exactly when the GEMM uses AMX (opt_gemm.cc uses it wherever amx_usable is set).
 std::string describe(const CpuFeatures& f) {
   std::string s;
   if (f.avx512_bf16)

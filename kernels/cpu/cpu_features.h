@@ -12,7 +12,10 @@ struct CpuFeatures {
   bool avx512_bf16 = false;  // vdpbf16ps
   bool avx512_vbmi = false;  // vpermb / vpermi2b
   bool amx_bf16 = false;     // cpuid says AMX-TILE + AMX-BF16
-  bool amx_usable = false;   // ... and the kernel granted the tile state to this process
+  bool amx_usable = false;   // ... with avx512_bf16 and avx512_vbmi, and the kernel granted
+                             // the tile state to this process: the GEMM then uses AMX for
+                             // bf16/FP8/FP4 weights (results differ from the other paths in
+                             // the last bits; a mixed cluster caps every node at avx512bf16)
 };
 
 // Detected once (thread-safe); MOERUN_CPU_FEATURES=portable|avx2|avx512|avx512bf16|amx caps the

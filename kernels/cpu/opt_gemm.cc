@@ -1,12 +1,14 @@
 // The optimized GEMM's front end (opt_gemm.h): weight packing, the choice of SIMD path, the
 // OpenMP split of the work and the portable C++ path; the per-ISA inner loops live in
-// opt_gemm_{avx2,avx512,avx512bf16}.cc.
+// opt_gemm_{avx2,avx512,avx512bf16,amx}.cc.
 //
-// Every path computes each output the same way (the order contract of GemmParams): an fp32
-// accumulator from +0 that adds the exact products for k = 0, 1, ... one rounding at a time.
-// So the work is split only over outputs: threads take (64-row weight panel, row chunk)
-// items, and the reduction is cut into chunks whose partial sums go through memory as fp32,
-// which changes nothing. SIMD lanes are weight rows, never k.
+// Every non-AMX path computes each output the same way (the order contract of GemmParams): an
+// fp32 accumulator from +0 that adds the exact products for k = 0, 1, ... one rounding at a
+// time. The AMX path has its own order, fixed by cols alone (opt_gemm_internal.h), and is used
+// for every m where it is used at all. Either way the work is split only over outputs: threads
+// take (64-row weight panel, row chunk) items, and the reduction is cut into chunks whose
+// partial sums go through memory as fp32, which changes nothing. SIMD lanes and tile columns
+// are weight rows, never k.
 #include "kernels/cpu/opt_gemm.h"
 
 #include <omp.h>
@@ -38,6 +40,9 @@ using gemm_detail::PackedView;
 // Rows of activations per work item: bounds the fp32 partial-sum buffer and lets a call with
 // few panels still use every thread.
 constexpr int64_t kMaxItemRows = 256;
+// AMX items: a thread's consecutive items are consecutive panels of one row chunk, whose A tiles
+// (128 rows × K bf16, 1 MiB at K = 4096) then stay in its L2 instead of coming from L3 each time.
+constexpr int64_t kMaxAmxItemRows = 128;
 constexpr size_t kAlign = 64;
 
 // 64-byte aligned scratch that only grows; one per thread (thread_local), so the hot path
@@ -157,10 +162,13 @@ PackedGemmWeight::PackedGemmWeight(const WeightView& w, int64_t first_panel, int
   v.scales = scales_.data();
 }
 
-enum class Path { kPortable, kAvx2, kAvx512, kAvx512Bf16 };
+enum class Path { kPortable, kAvx2, kAvx512, kAvx512Bf16, kAmx };
 
 Path choose_path(const CpuFeatures& f, WeightFormat format) {
-  // kF32 weights need fp32 products (fma), which only the fp32 family computes.
+  // kF32 weights need fp32 products (fma), which only the fp32 family computes. AMX, where
+  // usable, takes every m of the others: rows stay batch-invariant only if the path does not
+  // change with m (its sums differ from the sequential order's in the last bits).
+  if (f.amx_usable && format != WeightFormat::kF32) return Path::kAmx;
   if (f.avx512_bf16 && format != WeightFormat::kF32) return Path::kAvx512Bf16;
   if (f.avx512f) return Path::kAvx512;
   if (f.avx2) return Path::kAvx2;
@@ -257,6 +265,59 @@ void gemm_bf16_direct(const GemmParams& p, const PackedView& pw, bool vbmi, int 
     float* c = thread_scratch<float>(0, static_cast<size_t>(p.m * kPanel));
     gemm_detail::direct_bf16_avx512bf16(pw, panel, a_pairs, kp_n, p.m, vbmi, c);
     store_outputs(p, panel, 0, p.m, c);
+  }
+}
+
+// AMX: items of up to kMaxAmxItemRows rows, the row chunk a multiple of one A tile (16) or of
+// the 2-tile block (32), so that only the last chunk has padding rows.
+WorkSplit split_work_amx(const GemmParams& p, int threads) {
+  constexpr int64_t kTile = gemm_detail::kAmxTileRows;
+  WorkSplit s;
+  s.first_panel = p.row_begin / kPanel;
+  s.num_panels = ceil_div(p.row_begin + p.n, kPanel) - s.first_panel;
+  int64_t chunks = ceil_div(p.m, kMaxAmxItemRows);
+  if (s.num_panels * chunks < 2 * threads) {
+    const int64_t want = ceil_div(2 * threads, s.num_panels);
+    chunks = std::max<int64_t>(chunks, std::min(want, ceil_div(p.m, 2 * kTile)));
+  }
+  const int64_t rows = ceil_div(p.m, chunks);
+  s.row_chunk = rows <= kTile ? kTile : ceil_div(rows, 2 * kTile) * 2 * kTile;
+  s.num_row_chunks = ceil_div(p.m, s.row_chunk);
+  return s;
+}
+
+// AMX-BF16 tiles for every m (opt_gemm_amx.cc). The activations are converted once to bf16
+// pairs, padded with zeros to whole tiles (rows to 16, k-pairs to 16), which every item reads.
+void gemm_amx(const GemmParams& p, const PackedView& pw, int threads) {
+  const int64_t kp_pad =
+      ceil_div(pw.kpairs, gemm_detail::kAmxTilePairs) * gemm_detail::kAmxTilePairs;
+  const WorkSplit s = split_work_amx(p, threads);
+  const int64_t m_pad = s.num_row_chunks * s.row_chunk;
+  uint32_t* a_pairs = thread_scratch<uint32_t>(2, static_cast<size_t>(m_pad * kp_pad));
+  const int64_t items = s.num_panels * s.num_row_chunks;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < m_pad; ++i)
+      gemm_detail::amx_pairs_row(i < p.m ? p.a + i * p.lda : nullptr, pw.cols, kp_pad, i, a_pairs);
+    gemm_detail::amx_begin();
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t panel = s.first_panel + item % s.num_panels;
+      const int64_t i0 = item / s.num_panels * s.row_chunk;
+      const int64_t rows = std::min(s.row_chunk, p.m - i0);
+      const int64_t tile_rows =
+          ceil_div(rows, gemm_detail::kAmxTileRows) * gemm_detail::kAmxTileRows;
+      float* c = thread_scratch<float>(0, static_cast<size_t>(tile_rows * kPanel));
+      uint32_t* b =
+          thread_scratch<uint32_t>(1, static_cast<size_t>(gemm_detail::kAmxChunkPairs * kPanel));
+      gemm_detail::amx_panel(pw, panel, a_pairs + i0 * kp_pad, kp_pad, tile_rows, b, c);
+      const int64_t r0 = std::max(panel * kPanel, p.row_begin);
+      const int64_t r1 = std::min((panel + 1) * kPanel, p.row_begin + p.n);
+      gemm_detail::amx_store_rows(c + (r0 - panel * kPanel), rows, r1 - r0, p.round_bf16,
+                                  p.out + i0 * p.ldo + (r0 - p.row_begin), p.ldo);
+    }
+    gemm_detail::amx_end();
   }
 }
 
@@ -358,10 +419,12 @@ void opt_gemm(const GemmParams& p, const CpuFeatures& f, int num_threads) {
   }
   const int threads = resolve_threads(num_threads);
   const Path path = choose_path(f, p.w.format);
-  // Prefill goes through fp32 FMA even where vdpbf16ps exists: weights converted once per
-  // chunk are reused by every row, and on Sapphire/Emerald Rapids two FMA ports give twice
-  // the multiply-adds per cycle of vdpbf16ps (bench_gemm measures both). Same results.
-  if (path == Path::kAvx512Bf16 && p.m <= kMaxDirectRows)
+  // Without AMX, prefill goes through fp32 FMA even where vdpbf16ps exists: weights converted
+  // once per chunk are reused by every row, and on Sapphire/Emerald Rapids two FMA ports give
+  // twice the multiply-adds per cycle of vdpbf16ps (bench_gemm measures both). Same results.
+  if (path == Path::kAmx)
+    gemm_amx(p, packed->view(), threads);
+  else if (path == Path::kAvx512Bf16 && p.m <= kMaxDirectRows)
     gemm_bf16_direct(p, packed->view(), f.avx512_vbmi, threads);
   else
     gemm_f32_family(p, packed->view(), path == Path::kAvx512Bf16 ? Path::kAvx512 : path, threads);

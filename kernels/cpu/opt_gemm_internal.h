@@ -1,5 +1,5 @@
 // Internals of the optimized GEMM shared by opt_gemm.cc (packing, dispatch, threads, the
-// portable path) and the per-ISA files opt_gemm_{avx2,avx512,avx512bf16}.cc, each
+// portable path) and the per-ISA files opt_gemm_{avx2,avx512,avx512bf16,amx}.cc, each
 // compiled with its own -m flags and called only after cpu_features() says the ISA is there.
 //
 // Packed layout: the weight rows are cut into panels of kPanel = 64 rows (row r is lane
@@ -81,6 +81,36 @@ void pairs_from_f32_avx512(const float* a, int64_t lda, int64_t m, int64_t cols,
 // vdpbf16ps chains, the weights decoded in registers (vbmi: the byte-table FP8 decoder).
 void direct_bf16_avx512bf16(const PackedView& pw, int64_t panel, const uint32_t* a,
                             int64_t lda_pairs, int64_t rows, bool vbmi, float* c);
+
+// ---- AMX-BF16 (every m, bf16/FP8/FP4 weights, where cpu_features().amx_usable) ---------
+// TDPBF16PS does not add a K tile's 32 products in the sequential order (see kernels.h), so
+// this path keeps its own fixed order instead: every tile is 16 rows × 64 bytes, the
+// reduction is cut into K tiles of kAmxTilePairs pairs (zero-padded past cols), and each
+// output adds them in ascending order into one fp32 accumulator from +0. Nothing of that
+// depends on m, the row's place or the thread split, so rows stay batch-invariant.
+inline constexpr int64_t kAmxTileRows = 16;     // A rows, B k-pairs and C rows per tile
+inline constexpr int64_t kAmxTilePairs = 16;    // k-pairs per K tile (one 64-byte tile row)
+inline constexpr int64_t kAmxChunkPairs = 128;  // k-pairs of a panel decoded at a time
+
+// Per OpenMP thread, around its share of the work: load the tile configuration (palette 1)
+// and release the tile state afterwards (so the thread's context switches stay cheap).
+void amx_begin();
+void amx_end();
+// Activations as A tiles: bf16 pairs {a[k+1], a[k]} (the packed weights' order), kp_pad pairs
+// per row (kpairs rounded up to kAmxTilePairs, zero from k = cols on), blocked so that each
+// tile is 1 KiB of contiguous memory: pair kp of row i at
+//   a[(i / 16) · 16·kp_pad + (kp / 16) · 256 + (i % 16) · 16 + kp % 16].
+// Writes row i from `row`, or zeros when row == nullptr (padding rows of the last tile).
+void amx_pairs_row(const float* row, int64_t cols, int64_t kp_pad, int64_t i, uint32_t* a);
+// c[i][lane] (ldc = 64) for i < rows (a multiple of kAmxTileRows) = one panel's whole
+// reduction by tiles; a: the first row tile of those rows in amx_pairs_row's layout; b:
+// per-thread scratch of kAmxChunkPairs × 64 pairs (the decoded B tiles, block scales applied).
+// Call between amx_begin and amx_end.
+void amx_panel(const PackedView& pw, int64_t panel, const uint32_t* a, int64_t kp_pad, int64_t rows,
+               uint32_t* b, float* c);
+// out[i][t] = c[i][t] (ldc = 64), or numfmt::round_to_bf16 of it, for i < rows, t < count.
+void amx_store_rows(const float* c, int64_t rows, int64_t count, bool round_bf16, float* out,
+                    int64_t ldo);
 
 // ---- activation quantization (AVX-512F) --------------------------------------------------
 // Returns false (and leaves the rest of the row untouched) if a block has an infinite value,

@@ -1,18 +1,22 @@
 // Tests of the optimized GEMM and activation quantization (kernels/cpu/opt_gemm.h):
-//   - the order contract: every SIMD path this CPU has gives, bit for bit, what a scalar loop
-//     of the contract computes (fp32 accumulator from +0, exact products added for k = 0, 1, ...
-//     with one rounding each; fma for fp32 weights), for all weight formats, odd sizes, slices,
-//     strides, bf16 rounding on/off, packed or not, 1 and 2 threads;
+//   - the order contract: every non-AMX SIMD path this CPU has gives, bit for bit, what a
+//     scalar loop of the contract computes (fp32 accumulator from +0, exact products added for
+//     k = 0, 1, ... with one rounding each; fma for fp32 weights), for all weight formats, odd
+//     sizes, slices, strides, bf16 rounding on/off, packed or not, 1 and 2 threads;
 //   - closeness to the reference kernels (double sums) within kernels/tolerance.h;
 //   - batch invariance: a row computed in a batch equals the row computed alone;
+//   - the AMX path (its own order, where AMX is usable): close to the reference, every row of
+//     batches of 1..300 rows equal to the row alone, threads and packing irrelevant;
 //   - act_quant / fp4_act_quant bit-exact against the reference;
 //   - MOERUN_CPU_FEATURES parsing.
 // Data are realistic (model spec §3.3, §5): weights ~N(0, 1/k) quantized with the checkpoint
 // rules, activations ~N(0, 1) through act_quant. The bf16 hardware paths flush subnormal
 // inputs and results to zero, which such data never reach; synthetic subnormal data would be
 // the one documented exception to the contract.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -281,6 +285,8 @@ TEST_P(GemmContract, EveryPathMatchesTheScalarOrder) {
     ASSERT_NE(pack, nullptr);
     EXPECT_GE(pack->bytes(), weight_data_bytes(w->view));
     for (const Level& level : available_levels()) {
+      // AMX has its own order (GemmAmx below); for fp32 weights it is the fp32 family.
+      if (level.features.amx_usable && fc.format != WeightFormat::kF32) continue;
       int idx = 0;
       for (const int64_t m : kSweepM) {
         for (const int64_t n : kSweepN) {
@@ -396,6 +402,166 @@ TEST_P(GemmContract, CloseToReference) {
 INSTANTIATE_TEST_SUITE_P(Formats, GemmContract, ::testing::Range(0, 4),
                          [](const ::testing::TestParamInfo<int>& param) {
                            return std::string(format_name(kFormats[param.param].format));
+                         });
+
+// ---- the AMX path ---------------------------------------------------------------------------
+
+// The CPU's features with AMX on (the GEMM then uses it for bf16/FP8/FP4 weights).
+CpuFeatures amx_features() {
+  return available_levels().back().features;
+}
+
+GemmParams amx_params(const TestWeight& w, const std::vector<float>& a, int64_t lda, int64_t m,
+                      int64_t row_begin, int64_t n, bool round_bf16, std::vector<float>& out) {
+  out.assign(static_cast<size_t>(m * n), -12345.0f);
+  GemmParams p;
+  p.a = a.data();
+  p.lda = lda;
+  p.m = m;
+  p.w = w.view;
+  p.row_begin = row_begin;
+  p.n = n;
+  p.out = out.data();
+  p.ldo = n;
+  p.round_bf16 = round_bf16;
+  return p;
+}
+
+// The bf16-hardware formats with a small and a large reduction (odd k-pair counts, a partial
+// last K tile, more than one decode chunk of kAmxChunkPairs pairs).
+constexpr FormatCols kAmxFormats[] = {
+    {WeightFormat::kBf16, 200, 1027},
+    {WeightFormat::kFp8, 256, 1152},
+    {WeightFormat::kFp4, 96, 1056},
+};
+
+class GemmAmx : public ::testing::TestWithParam<int> {
+ protected:
+  void SetUp() override {
+    if (!cpu_features().amx_usable) GTEST_SKIP() << "no usable AMX on this CPU";
+  }
+};
+
+// Against the reference (double sums) within the GEMM tolerances, with the worst errors printed
+// (they are what kernels/tolerance.h quotes for AMX).
+TEST_P(GemmAmx, CloseToReference) {
+  const FormatCols fc = kAmxFormats[GetParam()];
+  double worst[2][2] = {};  // [round_bf16][rel_max, rel_l2]
+  for (const int64_t cols : {fc.small_cols, fc.large_cols}) {
+    const auto w = make_weight(fc.format, kWeightRows, cols, 5);
+    const auto pack = opt_pack_weight(w->view);
+    for (const bool round_bf16 : {false, true}) {
+      const int64_t m = 37;
+      const int64_t n = 257;
+      const std::vector<float> a = make_activations(fc.format, m, cols, cols, 11);
+      std::vector<float> got, ref;
+      GemmParams p = amx_params(*w, a, cols, m, 100, n, round_bf16, ref);
+      ReferenceKernels().gemm(p);
+      p = amx_params(*w, a, cols, m, 100, n, round_bf16, got);
+      p.packed = pack.get();
+      opt_gemm(p, amx_features(), 2);
+      const tolerance::Tolerance tol =
+          round_bf16 ? tolerance::kGemmBf16Out : tolerance::kGemmF32Out;
+      for (int64_t i = 0; i < m; ++i) {
+        double max_ref = 0, max_err = 0, sum_err = 0, sum_ref = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          const double r = ref[i * n + j];
+          const double e = std::fabs(static_cast<double>(got[i * n + j]) - r);
+          max_ref = std::max(max_ref, std::fabs(r));
+          max_err = std::max(max_err, e);
+          sum_err += e * e;
+          sum_ref += r * r;
+        }
+        const double rel_max = max_err / std::max(max_ref, 1e-30);
+        const double rel_l2 = std::sqrt(sum_err / std::max(sum_ref, 1e-60));
+        worst[round_bf16][0] = std::max(worst[round_bf16][0], rel_max);
+        worst[round_bf16][1] = std::max(worst[round_bf16][1], rel_l2);
+        EXPECT_LE(rel_max, tol.rel_max) << format_name(fc.format) << " cols=" << cols << " row "
+                                        << i << " round_bf16=" << round_bf16;
+        EXPECT_LE(rel_l2, tol.rel_l2) << format_name(fc.format) << " cols=" << cols << " row " << i
+                                      << " round_bf16=" << round_bf16;
+      }
+    }
+  }
+  std::printf(
+      "[ amx      ] %s worst: f32 out rel_max %.2e rel_l2 %.2e; bf16 out rel_max %.2e "
+      "rel_l2 %.2e\n",
+      format_name(fc.format), worst[0][0], worst[0][1], worst[1][0], worst[1][1]);
+}
+
+// Every row of batches of 1..300 rows (odd n, a slice starting mid-panel, a padded lda) equals
+// the row computed alone, bit for bit; the whole batch is the same with 1, 2 or 3 threads and
+// with or without the pack.
+TEST_P(GemmAmx, BatchInvariance) {
+  const FormatCols fc = kAmxFormats[GetParam()];
+  for (const int64_t cols : {fc.small_cols, fc.large_cols}) {
+    const auto w = make_weight(fc.format, kWeightRows, cols, 23);
+    const auto pack = opt_pack_weight(w->view);
+    const int64_t total = 300;
+    const int64_t lda = cols + 3;
+    const int64_t row_begin = 37;
+    const int64_t n = 129;
+    const std::vector<float> a = make_activations(fc.format, total, cols, lda, 31);
+    // Each row alone (m = 1), the oracle of this test.
+    std::vector<float> alone(static_cast<size_t>(total * n));
+    for (int64_t i = 0; i < total; ++i) {
+      std::vector<float> row;
+      GemmParams q = amx_params(*w, a, lda, 1, row_begin, n, true, row);
+      q.a = a.data() + i * lda;
+      q.packed = pack.get();
+      opt_gemm(q, amx_features(), 1);
+      std::copy(row.begin(), row.end(), alone.begin() + i * n);
+    }
+    // Batches of every size class at various offsets, packed or not, 1 to 3 threads.
+    struct Batch {
+      int64_t first, m;
+      int threads;
+      bool packed;
+    };
+    const Batch batches[] = {{0, 300, 2, true},  {0, 300, 1, false}, {0, 300, 3, true},
+                             {5, 1, 2, true},    {7, 2, 1, true},    {9, 15, 2, false},
+                             {3, 16, 2, true},   {11, 17, 3, true},  {40, 31, 2, true},
+                             {41, 32, 1, true},  {42, 33, 2, false}, {1, 100, 2, true},
+                             {13, 255, 3, true}, {44, 256, 2, true}, {299, 1, 1, false}};
+    for (const Batch& b : batches) {
+      std::vector<float> out;
+      GemmParams p = amx_params(*w, a, lda, b.m, row_begin, n, true, out);
+      p.a = a.data() + b.first * lda;
+      p.packed = b.packed ? pack.get() : nullptr;
+      opt_gemm(p, amx_features(), b.threads);
+      const std::vector<float> want(alone.begin() + b.first * n,
+                                    alone.begin() + (b.first + b.m) * n);
+      const std::string diff = first_mismatches(out, want, b.m, n, n);
+      ASSERT_TRUE(diff.empty()) << format_name(fc.format) << " cols=" << cols << " rows ["
+                                << b.first << ", " << b.first + b.m << ") threads=" << b.threads
+                                << " packed=" << b.packed << "\n"
+                                << diff;
+    }
+  }
+}
+
+// fp32 outputs (no bf16 rounding) too: 1 thread with the pack vs 2 threads without, bit for bit.
+TEST_P(GemmAmx, ThreadsAndPackingDoNotMatter) {
+  const FormatCols fc = kAmxFormats[GetParam()];
+  const int64_t cols = fc.large_cols;
+  const auto w = make_weight(fc.format, kWeightRows, cols, 41);
+  const auto pack = opt_pack_weight(w->view);
+  for (const int64_t m : {int64_t{1}, int64_t{3}, int64_t{50}}) {
+    const std::vector<float> a = make_activations(fc.format, m, cols, cols, 43);
+    std::vector<float> one, two;
+    GemmParams p = amx_params(*w, a, cols, m, 131, 301, false, one);
+    p.packed = pack.get();
+    opt_gemm(p, amx_features(), 1);
+    p = amx_params(*w, a, cols, m, 131, 301, false, two);
+    opt_gemm(p, amx_features(), 2);
+    const std::string diff = first_mismatches(two, one, m, 301, 301);
+    EXPECT_TRUE(diff.empty()) << format_name(fc.format) << " m=" << m << "\n" << diff;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, GemmAmx, ::testing::Range(0, 3),
+                         [](const ::testing::TestParamInfo<int>& param) {
+                           return std::string(format_name(kAmxFormats[param.param].format));
                          });
 
 TEST(GemmPack, RejectsForeignShapes) {
@@ -515,6 +681,11 @@ TEST(CpuFeatures, DescribeNamesTheLevel) {
     EXPECT_EQ(d.rfind("avx512-bf16", 0), 0u) << d;
   }
   EXPECT_EQ(describe(CpuFeatures{}), "portable");
+  // The GEMM uses AMX wherever amx_usable is set, and needs BF16 and VBMI for it.
+  if (f.amx_usable) {
+    EXPECT_EQ(d, "avx512-bf16+amx");
+    EXPECT_TRUE(f.avx512_bf16 && f.avx512_vbmi);
+  }
   EXPECT_FALSE(f.amx_usable && !f.amx_bf16);
   EXPECT_FALSE(f.avx512f && !f.avx2);
 }
@@ -542,6 +713,16 @@ TEST(CpuFeaturesDeathTest, EnvironmentCap) {
         std::exit(0);
       },
       ::testing::ExitedWithCode(0), "level=portable");
+  // The level a mixed cluster agrees on: no AMX, whatever the CPU has.
+  EXPECT_EXIT(
+      {
+        setenv("MOERUN_CPU_FEATURES", "avx512bf16", 1);
+        const CpuFeatures& f = cpu_features();
+        const std::string d = describe(f);
+        fprintf(stderr, "amx_usable=%d level=%s\n", f.amx_usable ? 1 : 0, d.c_str());
+        std::exit(d.find("amx") == std::string::npos ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "amx_usable=0 level=");
   // Not cpu_features(): the re-run child must reach its case with detection not yet done.
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (has_avx2) {
