@@ -107,10 +107,11 @@ Timing run(Engine& eng, int64_t prompt, int64_t decode) {
   auto t0 = Clock::now();
   eng.step({{id, std::vector<int32_t>(toks.begin(), toks.begin() + prompt), false}});
   t.prefill_tok_s = static_cast<double>(prompt) / seconds_since(t0);
-  eng.step({{id, {toks[prompt]}, false}});  // warm-up decode step
+  const auto decode_phase = moerun::kernels::RowPhase::kDecode;
+  eng.step({{id, {toks[prompt]}, false, decode_phase}});  // warm-up decode step
   t0 = Clock::now();
   for (int64_t i = 1; i < decode; ++i) {
-    const auto r = eng.step({{id, {toks[prompt + i]}, false}});
+    const auto r = eng.step({{id, {toks[prompt + i]}, false, decode_phase}});
     if (i + 1 == decode) t.last_logits = r[0].logits;
   }
   t.decode_s_per_tok = seconds_since(t0) / static_cast<double>(decode - 1);

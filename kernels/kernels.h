@@ -65,18 +65,26 @@ struct WeightView {
 // (AVX-512 BF16, AVX-512F, AVX2, scalar) reproduces that order, so results do not depend on
 // the path, the batch size or the thread count. The one exception is AMX: where
 // cpu_features().amx_usable (not capped off by MOERUN_CPU_FEATURES), kBf16/kFp8/kFp4 GEMMs of
-// every m use TDPBF16PS, which adds each K tile of 32 products its own way. Its order is fixed
-// by cols alone (K tiles of 32 ascending, one fp32 accumulator from +0), so on such a CPU rows
-// are still batch-invariant and thread-count-invariant, but they differ from the other paths
-// in the last bits (within kernels/tolerance.h). Nodes that must agree bit for bit across
-// CPUs with and without AMX all set MOERUN_CPU_FEATURES=avx512bf16 (or lower).
-// A weight re-laid out by one kernel set for its SIMD paths (still FP8/FP4/bf16/fp32 values,
-// only re-blocked), made once at load by Kernels::pack. Owned by the caller.
+// prefill-phase rows (every m) use TDPBF16PS, which adds each K tile of 32 products its own way.
+// Its order is fixed by cols alone (K tiles of 32 ascending, one fp32 accumulator from +0), so on
+// such a CPU rows are still batch-invariant and thread-count-invariant, but they differ from the
+// other paths in the last bits (within kernels/tolerance.h). Nodes that must agree bit for bit
+// across CPUs with and without AMX all set MOERUN_CPU_FEATURES=avx512bf16 (or lower). A weight
+// re-laid out by one kernel set for its SIMD paths (still FP8/FP4/bf16/fp32 values, only
+// re-blocked), made once at load by Kernels::pack. Owned by the caller.
 class PackedWeight {
  public:
   virtual ~PackedWeight() = default;
   virtual int64_t bytes() const = 0;  // memory it holds
 };
+
+// Which phase a GEMM's rows belong to. The reference ignores it. The optimized kernels use it
+// only where the CPU has AMX: prefill rows (prompt tokens, compute-bound) go to the AMX tiles,
+// decode rows (generated tokens, bound by streaming the weights) to the in-register decode
+// path, which reaches the memory floor. A row's result depends only on its own phase, never
+// on the other rows of the call, so logits stay batch-invariant; the engine gives every
+// prompt token the prefill phase however the prompt is chunked.
+enum class RowPhase { kPrefill, kDecode };
 
 struct GemmParams {
   const float* a = nullptr;  // [m, lda], row i uses a[i*lda .. i*lda + W.cols)
@@ -91,6 +99,7 @@ struct GemmParams {
   // Optional: Kernels::pack(w) of the same kernel set. Results are identical with or
   // without it; the optimized kernels are only fast with it.
   const PackedWeight* packed = nullptr;
+  RowPhase phase = RowPhase::kPrefill;  // of every row of the call
 };
 
 // Sparse attention with sink (spec §2.7) over per-query key lists.

@@ -164,11 +164,13 @@ PackedGemmWeight::PackedGemmWeight(const WeightView& w, int64_t first_panel, int
 
 enum class Path { kPortable, kAvx2, kAvx512, kAvx512Bf16, kAmx };
 
-Path choose_path(const CpuFeatures& f, WeightFormat format) {
+Path choose_path(const CpuFeatures& f, WeightFormat format, RowPhase phase) {
   // kF32 weights need fp32 products (fma), which only the fp32 family computes. AMX, where
-  // usable, takes every m of the others: rows stay batch-invariant only if the path does not
-  // change with m (its sums differ from the sequential order's in the last bits).
-  if (f.amx_usable && format != WeightFormat::kF32) return Path::kAmx;
+  // usable, takes every m of the prefill phase: rows stay batch-invariant only if the path
+  // does not change with m (its sums differ from the sequential order's in the last bits).
+  // Decode rows stream the weights once and are faster decoded in registers (vdpbf16ps).
+  if (f.amx_usable && format != WeightFormat::kF32 && phase == RowPhase::kPrefill)
+    return Path::kAmx;
   if (f.avx512_bf16 && format != WeightFormat::kF32) return Path::kAvx512Bf16;
   if (f.avx512f) return Path::kAvx512;
   if (f.avx2) return Path::kAvx2;
@@ -418,7 +420,7 @@ void opt_gemm(const GemmParams& p, const CpuFeatures& f, int num_threads) {
                  "gemm: the packed weight does not match the weight view");
   }
   const int threads = resolve_threads(num_threads);
-  const Path path = choose_path(f, p.w.format);
+  const Path path = choose_path(f, p.w.format, p.phase);
   // Without AMX, prefill goes through fp32 FMA even where vdpbf16ps exists: weights converted
   // once per chunk are reused by every row, and on Sapphire/Emerald Rapids two FMA ports give
   // twice the multiply-adds per cycle of vdpbf16ps (bench_gemm measures both). Same results.

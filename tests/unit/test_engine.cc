@@ -23,6 +23,7 @@ using moerun::engine::EngineOptions;
 using moerun::engine::StepRequest;
 using moerun::engine::StepResult;
 using moerun::kernels::KernelImpl;
+using moerun::kernels::RowPhase;
 using moerun::testing_util::error_message;
 using moerun::testing_util::TempDir;
 
@@ -62,15 +63,19 @@ void record(const StepResult& r, int64_t vocab, Trace& t) {
                                            r.mtp_logits.begin() + (i + 1) * vocab);
 }
 
-// Runs `toks` through a fresh sequence in chunks of the given sizes (cycled).
-Trace run_chunked(Engine& eng, const std::vector<int32_t>& toks, std::vector<int64_t> chunks) {
+// Runs `toks` through a fresh sequence in chunks of the given sizes (cycled); steps from
+// `decode_from` on are marked as generated tokens (RowPhase::kDecode).
+Trace run_chunked(Engine& eng, const std::vector<int32_t>& toks, std::vector<int64_t> chunks,
+                  size_t decode_from = SIZE_MAX) {
   Trace t;
   const auto id = eng.add_sequence();
   size_t c = 0;
   for (size_t pos = 0; pos < toks.size();) {
     const size_t n =
-        std::min<size_t>(static_cast<size_t>(chunks[c++ % chunks.size()]), toks.size() - pos);
-    StepRequest r{id, std::vector<int32_t>(toks.begin() + pos, toks.begin() + pos + n), true};
+        std::min<size_t>(static_cast<size_t>(chunks[c % chunks.size()]), toks.size() - pos);
+    StepRequest r{id, std::vector<int32_t>(toks.begin() + pos, toks.begin() + pos + n), true,
+                  c >= decode_from ? RowPhase::kDecode : RowPhase::kPrefill};
+    ++c;
     record(eng.step({r})[0], eng.config().vocab_size, t);
     pos += n;
   }
@@ -111,7 +116,9 @@ void check_batch_invariance(KernelImpl impl) {
   const int64_t vocab = eng.config().vocab_size;
   const auto target = tokens(30, 7);
   const std::vector<int64_t> chunks = {13, 1, 1, 9, 1, 1, 1, 1, 1, 1};
-  const Trace alone = run_chunked(eng, target, chunks);
+  // The prompt is the first step's 13 tokens; later steps are generated tokens (a 9-token
+  // step stands for a speculative verification).
+  const Trace alone = run_chunked(eng, target, chunks, 1);
 
   std::vector<moerun::engine::SeqId> others;
   std::vector<std::vector<int32_t>> other_toks;
@@ -134,14 +141,15 @@ void check_batch_invariance(KernelImpl impl) {
       reqs.push_back({others[j],
                       std::vector<int32_t>(other_toks[j].begin() + other_pos[j],
                                            other_toks[j].begin() + other_pos[j] + take),
-                      j % 2 == 0});
+                      j % 2 == 0, other_pos[j] == 0 ? RowPhase::kPrefill : RowPhase::kDecode});
       other_pos[j] += take;
     }
     const size_t n =
         std::min<size_t>(static_cast<size_t>(chunks[step % chunks.size()]), target.size() - pos);
     // The target sits in the middle of the batch.
     reqs.insert(reqs.begin() + static_cast<long>(reqs.size() / 2),
-                {id, std::vector<int32_t>(target.begin() + pos, target.begin() + pos + n), true});
+                {id, std::vector<int32_t>(target.begin() + pos, target.begin() + pos + n), true,
+                 step == 0 ? RowPhase::kPrefill : RowPhase::kDecode});
     pos += n;
     for (const StepResult& r : eng.step(reqs))
       if (r.seq == id) record(r, vocab, batched);

@@ -216,6 +216,7 @@ struct Case {
   bool round_bf16 = false;
   bool packed = true;
   int threads = 1;
+  RowPhase phase = RowPhase::kPrefill;
 };
 
 std::string describe_case(const Level& level, WeightFormat f, int64_t cols, const Case& c) {
@@ -243,6 +244,7 @@ void check_case(const Level& level, const TestWeight& w, const PackedWeight* pac
   p.ldo = ldo;
   p.round_bf16 = c.round_bf16;
   p.packed = c.packed ? pack : nullptr;
+  p.phase = c.phase;
   // Sentinel in the padding columns, which must stay untouched.
   std::vector<float> out(static_cast<size_t>(c.m * ldo), -12345.0f);
   p.out = out.data();
@@ -285,8 +287,11 @@ TEST_P(GemmContract, EveryPathMatchesTheScalarOrder) {
     ASSERT_NE(pack, nullptr);
     EXPECT_GE(pack->bytes(), weight_data_bytes(w->view));
     for (const Level& level : available_levels()) {
-      // AMX has its own order (GemmAmx below); for fp32 weights it is the fp32 family.
-      if (level.features.amx_usable && fc.format != WeightFormat::kF32) continue;
+      // AMX has its own order for prefill rows (GemmAmx below); decode rows never use it, so
+      // on an AMX CPU this sweep checks that decode rows follow the sequential order.
+      const RowPhase phase = level.features.amx_usable && fc.format != WeightFormat::kF32
+                                 ? RowPhase::kDecode
+                                 : RowPhase::kPrefill;
       int idx = 0;
       for (const int64_t m : kSweepM) {
         for (const int64_t n : kSweepN) {
@@ -297,6 +302,7 @@ TEST_P(GemmContract, EveryPathMatchesTheScalarOrder) {
           c.row_begin = kRowBegins[idx % 4];
           c.lda_pad = (idx % 3 == 1) ? 5 : 0;
           c.ldo_pad = (idx % 3 == 2) ? 3 : 0;
+          c.phase = phase;
           c.round_bf16 = idx % 2 == 1;
           c.packed = idx % 5 != 3;
           c.threads = 1 + (idx / 2) % 2;

@@ -91,7 +91,6 @@ int main(int argc, char** argv) {
     eo.num_threads = threads;
     eo.experts_per_token = experts;
     eo.max_sequences = 1;
-    eo.mtp = false;
     std::optional<moerun::Tokenizer> tok;
     const auto tok_path = std::filesystem::path(model) / "tokenizer.json";
     if (!chat.empty() || !prompt.empty() || std::filesystem::exists(tok_path))
@@ -124,7 +123,7 @@ int main(int argc, char** argv) {
       if (next == eos || generated + 1 == max_tokens ||
           eng.length(id) + 1 >= eng.options().max_context)
         break;
-      res = eng.step({{id, {next}, false}});
+      res = eng.step({{id, {next}, false, moerun::kernels::RowPhase::kDecode}});
     }
     if (dec) std::fputs(dec->finish().c_str(), stdout);
     std::printf("\n");

@@ -184,6 +184,7 @@ std::map<std::string, Tensor> run_replay(const ReplayOptions& opt) {
       engine::StepRequest r;
       r.seq = id;
       r.tokens = {decode[t]};
+      r.phase = kernels::RowPhase::kDecode;
       const auto res = eng.step({r}, &rec);
       logits.insert(logits.end(), res[0].logits.begin(), res[0].logits.end());
       if (has_mtp) {

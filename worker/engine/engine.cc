@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <set>
 
 #include "common/error.h"
@@ -77,6 +78,21 @@ int64_t Engine::length(SeqId seq) const {
 
 std::vector<StepResult> Engine::step(const std::vector<StepRequest>& requests,
                                      model::ForwardObserver* obs) {
+  std::vector<size_t> order(requests.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_partition(order.begin(), order.end(),
+                        [&](size_t i) { return requests[i].phase == kernels::RowPhase::kPrefill; });
+  if (std::is_sorted(order.begin(), order.end())) return step_ordered(requests, obs);
+  std::vector<StepRequest> ordered;
+  for (size_t i : order) ordered.push_back(requests[i]);
+  std::vector<StepResult> res = step_ordered(ordered, obs);
+  std::vector<StepResult> out(requests.size());
+  for (size_t k = 0; k < order.size(); ++k) out[order[k]] = std::move(res[k]);
+  return out;
+}
+
+std::vector<StepResult> Engine::step_ordered(const std::vector<StepRequest>& requests,
+                                             model::ForwardObserver* obs) {
   const ModelConfig& c = config();
   const int64_t hc = c.hc_mult, d = c.hidden_size, vocab = c.vocab_size;
 
@@ -123,6 +139,7 @@ std::vector<StepResult> Engine::step(const std::vector<StepRequest>& requests,
       batch.positions.push_back(static_cast<int32_t>(seg.start + i));
     }
     batch.segments.push_back(seg);
+    if (r.phase == kernels::RowPhase::kPrefill) batch.prefill_rows = batch.rows();
   }
 
   std::vector<StepResult> results(requests.size());
@@ -176,6 +193,7 @@ std::vector<StepResult> Engine::step(const std::vector<StepRequest>& requests,
         ms.start = ms.count > 0 ? mb.positions[ms.begin] : 0;
         results[i].mtp_first_position = ms.start;
         if (ms.count > 0) mb.segments.push_back(ms);
+        if (requests[i].phase == kernels::RowPhase::kPrefill) mb.prefill_rows = mb.rows();
       }
       std::vector<int64_t> mrows;
       std::vector<size_t> owner_of;
@@ -249,6 +267,7 @@ std::vector<float> Engine::run_isolated(int64_t layer, std::span<const float> h_
     batch.tokens.assign(tokens.begin(), tokens.end());
     for (int64_t i = 0; i < n; ++i) batch.positions.push_back(static_cast<int32_t>(i));
     batch.segments.push_back({&tmp, 0, 0, n});
+    batch.prefill_rows = n;
     if (mtp) {
       std::vector<float> x(h.size());
       model_->mtp_input(batch, h.data(), layer, x.data());

@@ -44,6 +44,10 @@ struct StepRequest {
   SeqId seq = -1;
   std::vector<int32_t> tokens;  // new tokens, at positions length(seq), length(seq)+1, ...
   bool all_logits = false;      // logits of every new token (default: the last one only)
+  // Prompt tokens (prefill) or tokens the model generated (decode). On CPUs with AMX the two
+  // run on different GEMM paths (kernels::RowPhase), so mark generated tokens as kDecode
+  // consistently; a sequence's logits never depend on the other requests either way.
+  kernels::RowPhase phase = kernels::RowPhase::kPrefill;
 };
 
 struct StepResult {
@@ -108,6 +112,9 @@ class Engine {
     bool failed = false;
   };
   Sequence& find(SeqId seq, const char* what);
+  // step() with the prefill requests first (the model's GEMMs split rows by phase).
+  std::vector<StepResult> step_ordered(const std::vector<StepRequest>& requests,
+                                       model::ForwardObserver* obs);
   std::vector<float> run_isolated(int64_t layer, std::span<const float> h_in,
                                   std::span<const int32_t> tokens, bool mtp);
 

@@ -29,9 +29,9 @@ void Model::attention(int64_t layer, const StepBatch& batch, const float* x, flo
 
   // Query: qr = q_norm(wq_a(x)); q = wq_b(qr), per-head RMS scaling, RoPE on the last rd dims.
   std::vector<float> qr(static_cast<size_t>(rows * ql)), q(static_cast<size_t>(rows * H * D));
-  qlinear(aw.wq_a, x, rows, d, qr.data(), ql);
+  qlinear(aw.wq_a, x, all_rows(batch), d, qr.data(), ql);
   k_.rmsnorm(qr.data(), ql, rows, ql, aw.q_norm.data(), eps, qr.data(), ql);
-  qlinear(aw.wq_b, qr.data(), rows, ql, q.data(), H * D);
+  qlinear(aw.wq_b, qr.data(), all_rows(batch), ql, q.data(), H * D);
   k_.head_rms_scale_bf16(q.data(), rows, H, D, eps);
   rp.x = q.data() + nope;
   rp.heads = H;
@@ -41,7 +41,7 @@ void Model::attention(int64_t layer, const StepBatch& batch, const float* x, flo
 
   // Key/value: kv_norm(wkv(x)), RoPE, FP8 simulation of the nope dims (blocks of 64).
   std::vector<float> kv(static_cast<size_t>(rows * D));
-  qlinear(aw.wkv, x, rows, d, kv.data(), D);
+  qlinear(aw.wkv, x, all_rows(batch), d, kv.data(), D);
   k_.rmsnorm(kv.data(), D, rows, D, aw.kv_norm.data(), eps, kv.data(), D);
   rp.x = kv.data() + nope;
   rp.heads = 1;
@@ -117,8 +117,9 @@ void Model::attention(int64_t layer, const StepBatch& batch, const float* x, flo
   const int64_t G = c.o_groups, ol = c.o_lora_rank, gd = H * D / G;
   std::vector<float> og(static_cast<size_t>(rows * G * ol));
   for (int64_t g = 0; g < G; ++g)
-    linear(aw.wo_a, o.data() + g * gd, rows, H * D, og.data() + g * ol, G * ol, true, g * ol, ol);
-  qlinear(aw.wo_b, og.data(), rows, G * ol, out, d);
+    linear(aw.wo_a, o.data() + g * gd, all_rows(batch), H * D, og.data() + g * ol, G * ol, true,
+           g * ol, ol);
+  qlinear(aw.wo_b, og.data(), all_rows(batch), G * ol, out, d);
 }
 
 }  // namespace moerun::model

@@ -22,8 +22,8 @@ void Model::compress(int64_t layer, const CompressorWeights& cw, bool indexer,
 
   // Projections in fp32 (bf16 weights used as fp32), scores + ape[p mod r].
   std::vector<float> kvp(static_cast<size_t>(rows * width)), g(static_cast<size_t>(rows * width));
-  linear(cw.wkv, x, rows, d, kvp.data(), width, false);
-  linear(cw.wgate, x, rows, d, g.data(), width, false);
+  linear(cw.wkv, x, all_rows(batch), d, kvp.data(), width, false);
+  linear(cw.wgate, x, all_rows(batch), d, g.data(), width, false);
   for (int64_t i = 0; i < rows; ++i) {
     const float* ape = cw.ape.data() + (batch.positions[i] % r) * width;
     for (int64_t k = 0; k < width; ++k) g[i * width + k] += ape[k];

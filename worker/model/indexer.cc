@@ -20,7 +20,7 @@ void Model::indexer_select(int64_t layer, const StepBatch& batch, const float* x
   const RopeTable& tab = rope(layer);
 
   std::vector<float> q(static_cast<size_t>(rows * ih * ihd));
-  qlinear(ix.wq_b, qr, rows, ql, q.data(), ih * ihd);
+  qlinear(ix.wq_b, qr, all_rows(batch), ql, q.data(), ih * ihd);
   kernels::RopeParams rp;
   rp.x = q.data() + ihd - rd;
   rp.rows = rows;
@@ -39,7 +39,7 @@ void Model::indexer_select(int64_t layer, const StepBatch& batch, const float* x
 
   // Head weights: bf16(bf16(x · weights_projᵀ) · fp32(ihd^-½ · heads^-½)).
   std::vector<float> w(static_cast<size_t>(rows * ih));
-  linear(ix.weights_proj, x, rows, d, w.data(), ih, true);
+  linear(ix.weights_proj, x, all_rows(batch), d, w.data(), ih, true);
   const float wscale = static_cast<float>(std::pow(static_cast<double>(ihd), -0.5) *
                                           std::pow(static_cast<double>(ih), -0.5));
   for (float& v : w) v = kernels::canonical::bf16(v * wscale);

@@ -2,6 +2,7 @@
 // (spec §2.1, §2.2, §2.10). Attention, compression, indexer and MoE live in their own files.
 #include "worker/model/model.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/error.h"
@@ -25,29 +26,41 @@ const RopeTable& Model::rope(int64_t layer) const {
   return config().uses_yarn(layer) ? rope_yarn_ : rope_plain_;
 }
 
-void Model::linear(const Linear& w, const float* x, int64_t rows, int64_t ldx, float* out,
-                   int64_t ldo, bool round_bf16, int64_t row_begin, int64_t n) {
+void Model::linear(const Linear& w, const float* x, Rows rows, int64_t ldx, float* out, int64_t ldo,
+                   bool round_bf16, int64_t row_begin, int64_t n) {
   kernels::GemmParams p;
-  p.a = x;
   p.lda = ldx;
-  p.m = rows;
   p.w = w.view;
   p.packed = w.packed.get();
   p.row_begin = row_begin;
   p.n = n < 0 ? w.view.rows : n;
-  p.out = out;
   p.ldo = ldo;
   p.round_bf16 = round_bf16;
-  if (rows > 0) k_.gemm(p);
+  // One call per phase: the prompt rows first, then the generated ones.
+  const int64_t prefill = std::clamp<int64_t>(rows.prefill, 0, rows.rows);
+  if (prefill > 0) {
+    p.a = x;
+    p.m = prefill;
+    p.out = out;
+    p.phase = kernels::RowPhase::kPrefill;
+    k_.gemm(p);
+  }
+  if (rows.rows > prefill) {
+    p.a = x + prefill * ldx;
+    p.m = rows.rows - prefill;
+    p.out = out + prefill * ldo;
+    p.phase = kernels::RowPhase::kDecode;
+    k_.gemm(p);
+  }
 }
 
-void Model::qlinear(const Linear& w, const float* x, int64_t rows, int64_t ldx, float* out,
+void Model::qlinear(const Linear& w, const float* x, Rows rows, int64_t ldx, float* out,
                     int64_t ldo) {
   const int64_t cols = w.view.cols;
-  std::vector<float> xq(static_cast<size_t>(rows * cols));
-  for (int64_t i = 0; i < rows; ++i)
+  std::vector<float> xq(static_cast<size_t>(rows.rows * cols));
+  for (int64_t i = 0; i < rows.rows; ++i)
     std::memcpy(xq.data() + i * cols, x + i * ldx, sizeof(float) * cols);
-  k_.quantize_e4m3(xq.data(), rows, cols, cols, 128);
+  k_.quantize_e4m3(xq.data(), rows.rows, cols, cols, 128);
   linear(w, xq.data(), rows, cols, out, ldo, true);
 }
 
@@ -63,12 +76,13 @@ void Model::embed(const StepBatch& batch, float* h) const {
   }
 }
 
-void Model::hc_pre(const HcParams& p, const float* h, int64_t rows, float* x, HcMix& mix) {
+void Model::hc_pre(const HcParams& p, const float* h, const StepBatch& batch, float* x,
+                   HcMix& mix) {
   const ModelConfig& c = config();
-  const int64_t hc = c.hc_mult, d = c.hidden_size, nmix = c.hc_mix_dim();
+  const int64_t hc = c.hc_mult, d = c.hidden_size, nmix = c.hc_mix_dim(), rows = batch.rows();
   std::vector<float> mixes(static_cast<size_t>(rows * nmix)), r(static_cast<size_t>(rows));
   // mixes = (x_flat · fnᵀ) · rsqrt(mean(x_flat²) + eps): an RMS-normalized projection.
-  linear(p.fn, h, rows, hc * d, mixes.data(), nmix, false);
+  linear(p.fn, h, all_rows(batch), hc * d, mixes.data(), nmix, false);
   k_.rms_rsqrt(h, hc * d, rows, hc * d, static_cast<float>(c.rms_norm_eps), r.data());
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < nmix; ++j) mixes[i * nmix + j] *= r[i];
@@ -107,13 +121,13 @@ void Model::block(int64_t layer, const StepBatch& batch, float* h, ForwardObserv
   std::vector<float> res(h, h + rows * hc * d);
   HcMix mix;
 
-  hc_pre(lw.hc_attn, h, rows, x.data(), mix);
+  hc_pre(lw.hc_attn, h, batch, x.data(), mix);
   k_.rmsnorm(x.data(), d, rows, d, lw.attn_norm.data(), eps, x.data(), d);
   attention(layer, batch, x.data(), y.data(), obs);
   k_.hc_expand(y.data(), res.data(), mix.post.data(), mix.comb.data(), rows, hc, d, h);
 
   res.assign(h, h + rows * hc * d);
-  hc_pre(lw.hc_ffn, h, rows, x.data(), mix);
+  hc_pre(lw.hc_ffn, h, batch, x.data(), mix);
   k_.rmsnorm(x.data(), d, rows, d, lw.ffn_norm.data(), eps, x.data(), d);
   moe(layer, batch, x.data(), y.data(), obs);
   k_.hc_expand(y.data(), res.data(), mix.post.data(), mix.comb.data(), rows, hc, d, h);
@@ -131,8 +145,11 @@ void Model::logits(const StepBatch& batch, const float* h, const std::vector<int
   for (int64_t i = 0; i < n; ++i)
     std::memcpy(hs.data() + i * hc * d, h + rows[i] * hc * d, sizeof(float) * hc * d);
   // hc_head: pre = sigmoid(mixes · scale + base) + eps, y = Σ_j pre_j · h_j (no Sinkhorn).
+  // `rows` ascend, so the prompt rows among them come first.
+  const Rows sel{n, std::count_if(rows.begin(), rows.end(),
+                                  [&](int64_t r) { return r < batch.prefill_rows; })};
   std::vector<float> mixes(static_cast<size_t>(n * hc)), r(static_cast<size_t>(n));
-  linear(hp.fn, hs.data(), n, hc * d, mixes.data(), hc, false);
+  linear(hp.fn, hs.data(), sel, hc * d, mixes.data(), hc, false);
   k_.rms_rsqrt(hs.data(), hc * d, n, hc * d, static_cast<float>(c.rms_norm_eps), r.data());
   const float eps = static_cast<float>(c.hc_eps);
   for (int64_t i = 0; i < n; ++i)
@@ -151,7 +168,7 @@ void Model::logits(const StepBatch& batch, const float* h, const std::vector<int
     }
     obs->head_input(mtp_layer >= 0, sub, y.data());
   }
-  linear(w_.head, y.data(), n, d, out, c.vocab_size, false);
+  linear(w_.head, y.data(), sel, d, out, c.vocab_size, false);
 }
 
 void Model::mtp_input(const StepBatch& batch, const float* h_main, int64_t mtp_layer, float* x) {
@@ -163,10 +180,10 @@ void Model::mtp_input(const StepBatch& batch, const float* h_main, int64_t mtp_l
   embed(batch, e.data());  // rows × hc copies; only the first copy is used
   std::vector<float> en(static_cast<size_t>(rows * d)), ep(static_cast<size_t>(rows * d));
   k_.rmsnorm(e.data(), hc * d, rows, d, lw.enorm.data(), eps, en.data(), d);
-  qlinear(lw.e_proj, en.data(), rows, d, ep.data(), d);
+  qlinear(lw.e_proj, en.data(), all_rows(batch), d, ep.data(), d);
   std::vector<float> hn(static_cast<size_t>(rows * hc * d));
   k_.rmsnorm(h_main, d, rows * hc, d, lw.hnorm.data(), eps, hn.data(), d);
-  qlinear(lw.h_proj, hn.data(), rows * hc, d, x, d);
+  qlinear(lw.h_proj, hn.data(), {rows * hc, batch.prefill_rows * hc}, d, x, d);
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < hc; ++j)
       for (int64_t k = 0; k < d; ++k) {

@@ -31,6 +31,9 @@ struct StepBatch {
   std::vector<int32_t> tokens;
   std::vector<int32_t> positions;
   std::vector<Segment> segments;
+  // Rows [0, prefill_rows) are prompt tokens, the rest generated ones (kernels::RowPhase):
+  // the engine puts prefill segments first.
+  int64_t prefill_rows = 0;
   int64_t rows() const { return static_cast<int64_t>(tokens.size()); }
 };
 
@@ -99,7 +102,7 @@ class Model {
   };
   void block(int64_t layer, const StepBatch& batch, float* h, ForwardObserver* obs);
   // hc_pre: x [rows, dim] (bf16) from h [rows, hc, dim]; fills mix.
-  void hc_pre(const HcParams& p, const float* h, int64_t rows, float* x, HcMix& mix);
+  void hc_pre(const HcParams& p, const float* h, const StepBatch& batch, float* x, HcMix& mix);
   void attention(int64_t layer, const StepBatch& batch, const float* x, float* out,
                  ForwardObserver* obs);
   // Runs a compressor over the batch rows (x [rows, dim] the attention input): updates the
@@ -111,9 +114,15 @@ class Model {
                       std::vector<int32_t>& sel, std::vector<int32_t>& counts,
                       ForwardObserver* obs);
   void moe(int64_t layer, const StepBatch& batch, const float* x, float* out, ForwardObserver* obs);
+  // Row counts of a GEMM: `rows` in all, the first `prefill` of them prompt tokens.
+  struct Rows {
+    int64_t rows = 0;
+    int64_t prefill = 0;
+  };
+  static Rows all_rows(const StepBatch& b) { return {b.rows(), b.prefill_rows}; }
   // out [rows, n] = bf16(act_quant(x) · Wᵀ) — the FP8/FP4 linear of the reference.
-  void qlinear(const Linear& w, const float* x, int64_t rows, int64_t ldx, float* out, int64_t ldo);
-  void linear(const Linear& w, const float* x, int64_t rows, int64_t ldx, float* out, int64_t ldo,
+  void qlinear(const Linear& w, const float* x, Rows rows, int64_t ldx, float* out, int64_t ldo);
+  void linear(const Linear& w, const float* x, Rows rows, int64_t ldx, float* out, int64_t ldo,
               bool round_bf16, int64_t row_begin = 0, int64_t n = -1);
   const RopeTable& rope(int64_t layer) const;
 
