@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/stream_bandwidth.h"
 #include "common/checkpoint_schema.h"
 #include "common/error.h"
 #include "worker/engine/engine.h"
@@ -44,23 +45,12 @@ int64_t rss_bytes() {
   return -1;
 }
 
-// Best of 3 streaming reads of a 1 GiB buffer (far above any L3), GB/s.
+// Streaming read of a 1 GiB buffer (far above any L3), GB/s.
 double stream_bandwidth(int threads) {
-  const size_t n = (size_t{1} << 30) / sizeof(float);
-  std::vector<float> buf(n);
+  std::vector<uint64_t> buf((size_t{1} << 30) / sizeof(uint64_t));
 #pragma omp parallel for num_threads(threads)
-  for (size_t i = 0; i < n; ++i) buf[i] = static_cast<float>(i & 7);
-  double best = 0;
-  for (int rep = 0; rep < 3; ++rep) {
-    const auto t0 = Clock::now();
-    float sum = 0;
-#pragma omp parallel for simd num_threads(threads) reduction(+ : sum)
-    for (size_t i = 0; i < n; ++i) sum += buf[i];
-    const double s = seconds_since(t0);
-    if (sum < 0) std::printf("impossible\n");
-    best = std::max(best, static_cast<double>(n * sizeof(float)) / s / 1e9);
-  }
-  return best;
+  for (size_t i = 0; i < buf.size(); ++i) buf[i] = i;
+  return moerun::bench::stream_read_gbps(buf.data(), buf.size() * sizeof(uint64_t), threads);
 }
 
 // Bytes of weights a batch-1 decode step reads: every main-layer tensor except routed experts

@@ -22,6 +22,7 @@
 #include <random>
 #include <vector>
 
+#include "bench/stream_bandwidth.h"
 #include "common/numfmt.h"
 #include "common/weight_quant.h"
 #include "kernels/cpu/cpu_features.h"
@@ -136,34 +137,6 @@ double peak_gflops(double (*loop)(int64_t), double flops_per_iter, int threads,
     const double t = seconds_since(t0);
     if (sink == 12345.0) std::printf(" ");
     best = std::max(best, flops_per_iter * static_cast<double>(iters) * threads / t * 1e-9);
-  }
-  return best;
-}
-
-// ---- streaming read bandwidth --------------------------------------------------------------
-
-__attribute__((target("avx512f"))) double read_sum(const float* p, int64_t n) {
-  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
-                   _mm512_setzero_ps()};
-  for (int64_t i = 0; i < n; i += 64)
-    for (int r = 0; r < 4; ++r) acc[r] = _mm512_add_ps(acc[r], _mm512_load_ps(p + i + 16 * r));
-  return lane_sum(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
-}
-
-double stream_gbps(const float* buf, int64_t n, int threads) {
-  double best = 0;
-  for (int rep = 0; rep < 4; ++rep) {
-    double sink = 0;
-    const auto t0 = Clock::now();
-#pragma omp parallel num_threads(threads) reduction(+ : sink)
-    {
-      const int64_t per = n / threads / 64 * 64;
-      const int t = omp_get_thread_num();
-      sink += read_sum(buf + t * per, per);
-    }
-    const double sec = seconds_since(t0);
-    if (sink == 12345.0) std::printf(" ");
-    best = std::max(best, static_cast<double>(n) * 4 / sec * 1e-9);
   }
   return best;
 }
@@ -415,7 +388,8 @@ int run() {
   std::vector<double> bandwidth;
   std::printf("streaming read (1 GiB):");
   for (const int threads : thread_counts) {
-    bandwidth.push_back(stream_gbps(buf, n_floats, threads));
+    bandwidth.push_back(
+        moerun::bench::stream_read_gbps(buf, static_cast<size_t>(n_floats) * 4, threads));
     std::printf(" %d thr %.1f GB/s;", threads, bandwidth.back());
   }
   std::printf("\n");
