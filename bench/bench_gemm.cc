@@ -4,11 +4,12 @@
 // and the streaming-read memory bandwidth (1 GiB, past the last-level cache).
 // Prefill: FP8 4096×4096 and FP4 2048×4096 (Flash's shapes) at M = 256, as GFLOP/s and as a
 // fraction of the peak of the path it takes (AMX where usable, else the best SIMD peak).
-// Decode: M = 1 over a set of distinct packed weights larger than the L3, as GB/s of weight
-// bytes (data + scales) and as a fraction of the stream bandwidth. Where AMX is usable the same
-// GEMMs also run with it capped off, for comparison. Each with 1, 2 and (if more are allowed)
-// OMP_NUM_THREADS threads. Every GEMM is validated before it is timed: bit for bit against a
-// scalar loop of the order contract, or for AMX (its own order) within kernels/tolerance.h.
+// Decode: M = 1 (bf16 weights 2048×4096, FP8 4096×4096, FP4 2048×4096) over a set of distinct
+// packed weights larger than the L3, as GB/s of weight bytes (data + scales) and as a fraction of
+// the stream bandwidth. Where AMX is usable the same GEMMs also run with it capped off, for
+// comparison. Each with 1, 2 and (if more are allowed) OMP_NUM_THREADS threads. Every GEMM is
+// validated before it is timed: bit for bit against a scalar loop of the order contract, or for AMX
+// (its own order) within kernels/tolerance.h.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -158,7 +159,11 @@ Weight make_weight(WeightFormat format, int64_t rows, int64_t cols) {
   w.view.format = format;
   w.view.rows = rows;
   w.view.cols = cols;
-  if (format == WeightFormat::kFp8) {
+  if (format == WeightFormat::kBf16) {
+    w.codes.resize(f.size() * 2);
+    uint16_t* bits = reinterpret_cast<uint16_t*>(w.codes.data());
+    for (size_t i = 0; i < f.size(); ++i) bits[i] = numfmt::f32_to_bf16(f[i]);
+  } else if (format == WeightFormat::kFp8) {
     w.codes.resize(f.size());
     w.scales.resize(static_cast<size_t>((rows + 127) / 128 * ((cols + 127) / 128)));
     numfmt::quantize_fp8_weight(f.data(), rows, cols, w.codes.data(), w.scales.data());
@@ -235,7 +240,14 @@ bool validate(const GemmParams& p, int64_t check_rows, const CpuFeatures& f) {
 }
 
 const char* format_name(WeightFormat f) {
-  return f == WeightFormat::kFp8 ? "FP8" : "FP4";
+  switch (f) {
+    case WeightFormat::kBf16:
+      return "BF16";
+    case WeightFormat::kFp8:
+      return "FP8";
+    default:
+      return "FP4";
+  }
 }
 
 // The feature sets to time: the CPU's, and where it has AMX the same without it.
@@ -401,6 +413,7 @@ int run() {
   if (!bench_prefill(WeightFormat::kFp8, 4096, 4096, thread_counts, variants)) return 1;
   if (!bench_prefill(WeightFormat::kFp4, 2048, 4096, thread_counts, variants)) return 1;
   std::printf("decode:\n");
+  if (!bench_decode(WeightFormat::kBf16, 2048, 4096, thread_counts, bandwidth, variants)) return 1;
   if (!bench_decode(WeightFormat::kFp8, 4096, 4096, thread_counts, bandwidth, variants)) return 1;
   if (!bench_decode(WeightFormat::kFp4, 2048, 4096, thread_counts, bandwidth, variants)) return 1;
   return 0;

@@ -261,13 +261,20 @@ void gemm_bf16_direct(const GemmParams& p, const PackedView& pw, bool vbmi, int 
   gemm_detail::pairs_from_f32_avx512(p.a, p.lda, p.m, pw.cols, kp_n, a_pairs);
   const int64_t first_panel = p.row_begin / kPanel;
   const int64_t num_panels = ceil_div(p.row_begin + p.n, kPanel) - first_panel;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t idx = 0; idx < num_panels; ++idx) {
+  const auto run_panel = [&](int64_t idx) {
     const int64_t panel = first_panel + idx;
     float* c = thread_scratch<float>(0, static_cast<size_t>(p.m * kPanel));
     gemm_detail::direct_bf16_avx512bf16(pw, panel, a_pairs, kp_n, p.m, vbmi, c);
     store_outputs(p, panel, 0, p.m, c);
+  };
+  // One panel (or one thread): no parallel region, whose start and barrier cost more than a
+  // small decode GEMM (the other threads would only wait).
+  if (num_panels == 1 || threads == 1) {
+    for (int64_t idx = 0; idx < num_panels; ++idx) run_panel(idx);
+    return;
   }
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t idx = 0; idx < num_panels; ++idx) run_panel(idx);
 }
 
 // AMX: items of up to kMaxAmxItemRows rows, the row chunk a multiple of one A tile (16) or of

@@ -149,26 +149,144 @@ __attribute__((target("avx512vbmi"))) void direct_fp8_vbmi(const PackedView& pw,
   acc.store(c);
 }
 
+// FP4 without shuffles to spread the bytes: accumulator vector q holds the lanes 4j + q
+// (j < 16), so that the byte of lane 4j + q is byte q of dword j of the 64 loaded bytes and the
+// vpermw indices come from shifts alone; the end of direct_fp4 puts the lanes back in order.
+// The table holds each code's bf16 magnitude plus kFp4Bias (the sign in bit 15 above it; ±0
+// codes are 0), and a saturating subtract of kFp4Bias − (scale − 127) << 7 per lane both adds
+// the scale to the exponent and keeps the zeros zero (0 − d saturates at 0): no mask, no test.
+// For the scales of real weights (1 ≤ s ≤ 253) this gives the same words as Fp4Decoder except
+// that −0 decodes as +0, which adds nothing either way (the accumulator, from +0, never is −0).
+constexpr int kFp4Bias = 16128;  // 126 << 7: bf16 magnitudes ≤ 6.0 (0x40C0) stay below 0x8000
+
+struct Fp4BiasedTable {
+  alignas(64) std::array<uint16_t, 32> words{};  // index: 5 bits, the fifth a neighbour's
+};
+const Fp4BiasedTable& fp4_biased_table() {
+  static const Fp4BiasedTable t = [] {
+    Fp4BiasedTable r;
+    for (int x = 0; x < 32; ++x) {
+      const int code = x & 15;
+      if ((code & 7) == 0) continue;  // ±0
+      const uint16_t mag = numfmt::f32_to_bf16(numfmt::e2m1_to_f32(static_cast<uint8_t>(code & 7)));
+      r.words[x] = static_cast<uint16_t>((code & 8 ? 0x8000 : 0) | (mag + kFp4Bias));
+    }
+    return r;
+  }();
+  return t;
+}
+
+// Per-word subtrahends kFp4Bias − (s − 127) << 7 of the lanes 4j + q, from 64 E8M0 bytes.
+inline void fp4_lane_sub(const uint8_t* scales, __m512i (&d)[kLaneVecs]) {
+  const __m512i s = _mm512_loadu_si512(scales);
+  const __m512i byte = _mm512_set1_epi32(0xFF);
+  const __m512i base = _mm512_set1_epi16(static_cast<int16_t>(kFp4Bias + (127 << 7)));
+#pragma GCC unroll 4
+  for (int q = 0; q < kLaneVecs; ++q) {
+    const __m512i b = _mm512_and_si512(_mm512_srli_epi32(s, 8 * q), byte);
+    const __m512i both = _mm512_or_si512(b, _mm512_slli_epi32(b, 16));
+    d[q] = _mm512_sub_epi16(base, _mm512_slli_epi16(both, 7));
+  }
+}
+
+// 64 FP4 bytes (one k-pair of the panel) → the 4 vectors of odd-first bf16 pairs, lanes 4j + q.
+inline void fp4_decode_remap(const uint8_t* src, __m512i table, const __m512i (&d)[kLaneVecs],
+                             __m512i (&wv)[kLaneVecs]) {
+  constexpr __mmask32 kLowWords = 0x55555555;
+  const __m512i x = _mm512_load_si512(src);
+  const __m512i xs = _mm512_srli_epi32(x, 16);
+  // Low word: the high nibble (k+1) in bits 0-3; high word: the low nibble (k) in bits 16-19.
+  __m512i idx[kLaneVecs];
+  idx[0] = _mm512_mask_srli_epi16(_mm512_slli_epi32(x, 16), kLowWords, x, 4);
+  idx[1] = _mm512_mask_srli_epi16(_mm512_slli_epi32(x, 8), kLowWords, x, 12);
+  idx[2] = _mm512_mask_srli_epi16(x, kLowWords, xs, 4);
+  idx[3] = _mm512_mask_srli_epi16(_mm512_srli_epi32(x, 8), kLowWords, xs, 12);
+#pragma GCC unroll 4
+  for (int q = 0; q < kLaneVecs; ++q)
+    wv[q] = _mm512_subs_epu16(_mm512_permutexvar_epi16(idx[q], table), d[q]);
+}
+
 template <int MR>
 void direct_fp4(const PackedView& pw, int64_t panel, const uint32_t* a, int64_t lda, float* c) {
   const uint8_t* w = pw.panel(panel);
   const uint8_t* scales = pw.panel_scales(panel);
-  const Fp4Decoder dec{_mm512_load_si512(tables().e2m1.data())};
+  const __m512i table = _mm512_load_si512(fp4_biased_table().words.data());
   Acc<MR> acc;
   for (int64_t kb = 0; kb < pw.kpairs; kb += kFp4BlockPairs) {
-    const uint8_t* srow = scales + kb / kFp4BlockPairs * kPanel;
-    __m512i delta[kLaneVecs];
-#pragma GCC unroll 4
-    for (int q = 0; q < kLaneVecs; ++q) delta[q] = Fp4Decoder::lane_delta(srow + q * 16);
+    __m512i d[kLaneVecs];
+    fp4_lane_sub(scales + kb / kFp4BlockPairs * kPanel, d);
     for (int64_t kp = kb; kp < kb + kFp4BlockPairs; ++kp) {
       prefetch_ahead(w + kp * kPanel, kPanel);
       __m512i wv[kLaneVecs];
-#pragma GCC unroll 4
-      for (int q = 0; q < kLaneVecs; ++q) wv[q] = dec.decode(w + kp * kPanel + q * 16, delta[q]);
+      fp4_decode_remap(w + kp * kPanel, table, d, wv);
       acc.step(a, lda, kp, wv);
     }
   }
-  acc.store(c);
+  // Lanes back in order: vector q, element j is lane 4j + q.
+  alignas(64) float t[MR * kPanel];
+  acc.store(t);
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < kLaneVecs; ++q)
+      for (int j = 0; j < 16; ++j) c[r * kPanel + 4 * j + q] = t[r * kPanel + q * 16 + j];
+}
+
+// FP4 with VBMI: the same words, but the indices come from one vpmultishiftqb per vector
+// (port 5) instead of shifts (port 0, which vdpbf16ps keeps busy). vpmultishiftqb reads within
+// a qword, so vector q holds the lanes 8t + 2q + u (element 2t + u, u < 2).
+// vpmultishiftqb control of vector q: in element 2t + u, byte 0 ← the 8 bits from offset
+// 8·(2q+u) + high, byte 2 ← from offset 8·(2q+u) (bytes 1 and 3: vpermw ignores them).
+__attribute__((target("avx512vbmi"))) inline __m512i fp4_multishift_ctrl(int q, int64_t high) {
+  const int64_t b0 = 8 * (2 * q);
+  const int64_t b1 = 8 * (2 * q + 1);
+  return _mm512_set1_epi64((b0 + high) | (b0 << 16) | ((b1 + high) << 32) | (b1 << 48));
+}
+
+// fp4_lane_sub for the lanes of direct_fp4_vbmi.
+__attribute__((target("avx512vbmi"))) inline void fp4_lane_sub_vbmi(const uint8_t* scales,
+                                                                    __m512i (&d)[kLaneVecs]) {
+  const __m512i s = _mm512_loadu_si512(scales);
+  const __m512i low_bytes = _mm512_set1_epi16(0xFF);
+  const __m512i base = _mm512_set1_epi16(static_cast<int16_t>(kFp4Bias + (127 << 7)));
+#pragma GCC unroll 4
+  for (int q = 0; q < kLaneVecs; ++q) {
+    const __m512i b =
+        _mm512_and_si512(_mm512_multishift_epi64_epi8(fp4_multishift_ctrl(q, 0), s), low_bytes);
+    d[q] = _mm512_sub_epi16(base, _mm512_slli_epi16(b, 7));
+  }
+}
+
+template <int MR>
+__attribute__((target("avx512vbmi"))) void direct_fp4_vbmi(const PackedView& pw, int64_t panel,
+                                                           const uint32_t* a, int64_t lda,
+                                                           float* c) {
+  const uint8_t* w = pw.panel(panel);
+  const uint8_t* scales = pw.panel_scales(panel);
+  const __m512i table = _mm512_load_si512(fp4_biased_table().words.data());
+  __m512i ctrl[kLaneVecs];
+#pragma GCC unroll 4
+  for (int q = 0; q < kLaneVecs; ++q) ctrl[q] = fp4_multishift_ctrl(q, 4);
+  Acc<MR> acc;
+  for (int64_t kb = 0; kb < pw.kpairs; kb += kFp4BlockPairs) {
+    __m512i d[kLaneVecs];
+    fp4_lane_sub_vbmi(scales + kb / kFp4BlockPairs * kPanel, d);
+    for (int64_t kp = kb; kp < kb + kFp4BlockPairs; ++kp) {
+      prefetch_ahead(w + kp * kPanel, kPanel);
+      const __m512i x = _mm512_load_si512(w + kp * kPanel);
+      __m512i wv[kLaneVecs];
+#pragma GCC unroll 4
+      for (int q = 0; q < kLaneVecs; ++q)
+        wv[q] = _mm512_subs_epu16(
+            _mm512_permutexvar_epi16(_mm512_multishift_epi64_epi8(ctrl[q], x), table), d[q]);
+      acc.step(a, lda, kp, wv);
+    }
+  }
+  // Lanes back in order: vector q, element 2t + u is lane 8t + 2q + u.
+  alignas(64) float t[MR * kPanel];
+  acc.store(t);
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < kLaneVecs; ++q)
+      for (int e = 0; e < 16; ++e)
+        c[r * kPanel + 8 * (e / 2) + 2 * q + e % 2] = t[r * kPanel + q * 16 + e];
 }
 
 template <int MR>
@@ -185,7 +303,10 @@ void direct_rows(const PackedView& pw, int64_t panel, const uint32_t* a, int64_t
         direct_fp8<MR>(pw, panel, a, lda, c);
       return;
     case WeightFormat::kFp4:
-      direct_fp4<MR>(pw, panel, a, lda, c);
+      if (vbmi)
+        direct_fp4_vbmi<MR>(pw, panel, a, lda, c);
+      else
+        direct_fp4<MR>(pw, panel, a, lda, c);
       return;
     case WeightFormat::kF32:
       return;  // the fp32 family handles fp32 weights
