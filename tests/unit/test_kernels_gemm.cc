@@ -206,6 +206,25 @@ std::string first_mismatches(const std::vector<float>& out, const std::vector<fl
   return msg;
 }
 
+// A row's error against the reference, as kernels/tolerance.h measures it: the worst element
+// relative to the row's largest magnitude, and the relative L2 error.
+struct RowError {
+  double rel_max = 0;
+  double rel_l2 = 0;
+};
+RowError row_error(const float* got, const float* ref, int64_t n) {
+  double max_ref = 0, max_err = 0, sum_err = 0, sum_ref = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const double r = ref[j];
+    const double e = std::fabs(static_cast<double>(got[j]) - r);
+    max_ref = std::max(max_ref, std::fabs(r));
+    max_err = std::max(max_err, e);
+    sum_err += e * e;
+    sum_ref += r * r;
+  }
+  return {max_err / std::max(max_ref, 1e-30), std::sqrt(sum_err / std::max(sum_ref, 1e-60))};
+}
+
 // One GEMM call's shape and options.
 struct Case {
   int64_t m = 1;
@@ -385,17 +404,7 @@ TEST_P(GemmContract, CloseToReference) {
       const tolerance::Tolerance tol =
           round_bf16 ? tolerance::kGemmBf16Out : tolerance::kGemmF32Out;
       for (int64_t i = 0; i < m; ++i) {
-        double max_ref = 0, max_err = 0, sum_err = 0, sum_ref = 0;
-        for (int64_t j = 0; j < n; ++j) {
-          const double r = ref[i * n + j];
-          const double e = std::fabs(static_cast<double>(got[i * n + j]) - r);
-          max_ref = std::max(max_ref, std::fabs(r));
-          max_err = std::max(max_err, e);
-          sum_err += e * e;
-          sum_ref += r * r;
-        }
-        const double rel_max = max_err / std::max(max_ref, 1e-30);
-        const double rel_l2 = std::sqrt(sum_err / std::max(sum_ref, 1e-60));
+        const auto [rel_max, rel_l2] = row_error(got.data() + i * n, ref.data() + i * n, n);
         EXPECT_LE(rel_max, tol.rel_max)
             << best.name << " " << format_name(fc.format) << " cols=" << cols << " row " << i;
         EXPECT_LE(rel_l2, tol.rel_l2)
@@ -469,17 +478,7 @@ TEST_P(GemmAmx, CloseToReference) {
       const tolerance::Tolerance tol =
           round_bf16 ? tolerance::kGemmBf16Out : tolerance::kGemmF32Out;
       for (int64_t i = 0; i < m; ++i) {
-        double max_ref = 0, max_err = 0, sum_err = 0, sum_ref = 0;
-        for (int64_t j = 0; j < n; ++j) {
-          const double r = ref[i * n + j];
-          const double e = std::fabs(static_cast<double>(got[i * n + j]) - r);
-          max_ref = std::max(max_ref, std::fabs(r));
-          max_err = std::max(max_err, e);
-          sum_err += e * e;
-          sum_ref += r * r;
-        }
-        const double rel_max = max_err / std::max(max_ref, 1e-30);
-        const double rel_l2 = std::sqrt(sum_err / std::max(sum_ref, 1e-60));
+        const auto [rel_max, rel_l2] = row_error(got.data() + i * n, ref.data() + i * n, n);
         worst[round_bf16][0] = std::max(worst[round_bf16][0], rel_max);
         worst[round_bf16][1] = std::max(worst[round_bf16][1], rel_l2);
         EXPECT_LE(rel_max, tol.rel_max) << format_name(fc.format) << " cols=" << cols << " row "
