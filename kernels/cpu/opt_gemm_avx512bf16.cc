@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <vector>
 
 #include "common/numfmt.h"
@@ -93,11 +94,11 @@ void direct_fp8(const PackedView& pw, int64_t panel, const uint32_t* a, int64_t 
   acc.store(c);
 }
 
-// Activation pairs times the panel's FP8 block scales (one per 128 columns): moving the
-// power of two from the weight to the activation keeps every product the same exact value.
+// Activation pairs times the panel's FP8 block scales (one per 128 columns) and 2^extra: moving
+// the power of two from the weight to the activation keeps every product the same exact value.
 // out: [rows][kpairs]; zero words stay zero.
 void scale_pairs(const uint32_t* a, int64_t lda, int64_t rows, const uint8_t* scales,
-                 int64_t kpairs, uint32_t* out) {
+                 int64_t kpairs, int extra, uint32_t* out) {
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t kp = 0; kp < kpairs; kp += 16) {
       const __mmask16 mask =
@@ -106,47 +107,87 @@ void scale_pairs(const uint32_t* a, int64_t lda, int64_t rows, const uint8_t* sc
       const __mmask32 nonzero = _mm512_test_epi16_mask(v, _mm512_set1_epi16(0x7FFF));
       // 16 pairs never straddle a 128-column block: 64 pairs per block.
       const __m512i scaled =
-          _mm512_mask_add_epi16(v, nonzero, v, scale_delta(scales[kp / kFp8BlockPairs]));
+          _mm512_mask_add_epi16(v, nonzero, v, scale_delta(scales[kp / kFp8BlockPairs] + extra));
       _mm512_mask_storeu_epi32(out + r * kpairs + kp, mask, scaled);
     }
   }
 }
 
-// FP8 with VBMI: 64 codes (32 lanes × {k+1, k}) per two vpermi2b table lookups (low and high
-// bf16 bytes of the magnitude), the sign or-ed into the high byte, and two byte permutes that
-// interleave them into 2 × 16 bf16 pairs. The block scales ride on the activations.
+// FP8 for VBMI CPUs, without byte tables: the 64 bytes of one half k-pair (32 lanes ×
+// {k+1, k}) are spread into words with the code in the high byte by vpunpck{l,h}bw against
+// zero, which keeps each lane's two codes together: of the 128-bit chunk c, the low unpack gets
+// lanes 8c..8c+3 and the high one lanes 8c+4..8c+7 (restored at the store). One arithmetic
+// shift right by 4 then puts the sign at bit 15 (copies in 11-14) and the 7 magnitude bits under
+// the bf16 exponent (bits 4-10), and one ternary-logic op keeps those bits and ors in exponent
+// bits 11-13 (kFp8OrExp = 112 = 127 − 15): for normal codes that is the bf16 word of the weight
+// times 2^-8, exactly (exponent field 112 + e). 2^8 and the block scale ride on the
+// activations. Codes with exponent 0 (zeros and subnormals m·2^-9) are the rare exception: a
+// byte test per k-pair sends those k-pairs to a fix-up that overwrites their words from a
+// vpermw table (bf16 of m·2^-17) and puts the sign back. NaN codes (never in checkpoints)
+// decode as 480·scale, as Fp8Decoder does.
+constexpr int kFp8OrExpBits = 0x3800;  // exponent field bits 11-13: 112 << 7
+constexpr int kFp8ExtraExp = 8;        // the decoded words are the weights times 2^-8
+
+struct Fp8SubnormalTable {
+  alignas(64) std::array<uint16_t, 32> words{};  // index: the code's low 5 bits (e = 0: m)
+};
+const Fp8SubnormalTable& fp8_subnormal_table() {
+  static const Fp8SubnormalTable t = [] {
+    Fp8SubnormalTable r;
+    for (int m = 0; m < 8; ++m)
+      r.words[m] = numfmt::f32_to_bf16(
+          std::ldexp(numfmt::e4m3_to_f32(static_cast<uint8_t>(m)), -kFp8ExtraExp));
+    return r;
+  }();
+  return t;
+}
+
 template <int MR>
 __attribute__((target("avx512vbmi"))) void direct_fp8_vbmi(const PackedView& pw, int64_t panel,
                                                            const uint32_t* a, int64_t lda,
                                                            float* c) {
-  const Tables& t = tables();
-  const __m512i low0 = _mm512_load_si512(t.e4m3_low.data());
-  const __m512i low1 = _mm512_load_si512(t.e4m3_low.data() + 64);
-  const __m512i high0 = _mm512_load_si512(t.e4m3_high.data());
-  const __m512i high1 = _mm512_load_si512(t.e4m3_high.data() + 64);
-  const __m512i inter0 = _mm512_load_si512(t.interleave0.data());
-  const __m512i inter1 = _mm512_load_si512(t.interleave1.data());
-  const __m512i sign_bit = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i keep = _mm512_set1_epi16(static_cast<int16_t>(0x87F0));  // sign, magnitude
+  const __m512i or_exp = _mm512_set1_epi16(kFp8OrExpBits);
+  const __m512i exp_bits = _mm512_set1_epi8(0x78);
   uint32_t* as = thread_pairs(static_cast<size_t>(MR * pw.kpairs));
-  scale_pairs(a, lda, MR, pw.panel_scales(panel), pw.kpairs, as);
+  scale_pairs(a, lda, MR, pw.panel_scales(panel), pw.kpairs, kFp8ExtraExp, as);
   const uint8_t* w = pw.panel(panel);
   Acc<MR> acc;
   for (int64_t kp = 0; kp < pw.kpairs; ++kp) {
     prefetch_ahead(w + kp * kPanel * 2, kPanel * 2);
+    const __m512i x0 = _mm512_load_si512(w + kp * kPanel * 2);
+    const __m512i x1 = _mm512_load_si512(w + kp * kPanel * 2 + 64);
+    const __m512i g[kLaneVecs] = {_mm512_unpacklo_epi8(zero, x0), _mm512_unpackhi_epi8(zero, x0),
+                                  _mm512_unpacklo_epi8(zero, x1), _mm512_unpackhi_epi8(zero, x1)};
     __m512i wv[kLaneVecs];
-#pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) {
-      const __m512i x = _mm512_load_si512(w + (kp * kPanel + h * 32) * 2);
-      const __m512i lo = _mm512_permutex2var_epi8(low0, x, low1);
-      // high byte | (x & 0x80): the lookup ignores bit 7, the sign.
-      const __m512i hi =
-          _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(high0, x, high1), x, sign_bit, 0xF8);
-      wv[2 * h] = _mm512_permutex2var_epi8(lo, inter0, hi);
-      wv[2 * h + 1] = _mm512_permutex2var_epi8(lo, inter1, hi);
+#pragma GCC unroll 4
+    for (int q = 0; q < kLaneVecs; ++q)  // (g >>s 4) & keep | or_exp
+      wv[q] = _mm512_ternarylogic_epi32(_mm512_srai_epi16(g[q], 4), keep, or_exp, 0xEA);
+    const __mmask64 sub =
+        _kor_mask64(_mm512_testn_epi8_mask(x0, exp_bits), _mm512_testn_epi8_mask(x1, exp_bits));
+    if (__builtin_expect(!_kortestz_mask64_u8(sub, sub), 0)) {
+      const __m512i table = _mm512_load_si512(fp8_subnormal_table().words.data());
+      const __m512i exp_word = _mm512_set1_epi16(0x7800);
+      const __m512i sign = _mm512_set1_epi16(static_cast<int16_t>(0x8000));
+#pragma GCC unroll 4
+      for (int q = 0; q < kLaneVecs; ++q) {
+        const __mmask32 is_sub = _mm512_testn_epi16_mask(g[q], exp_word);
+        const __m512i v =
+            _mm512_mask_permutexvar_epi16(wv[q], is_sub, _mm512_srli_epi16(g[q], 8), table);
+        wv[q] = _mm512_ternarylogic_epi32(v, g[q], sign, 0xF8);  // v | (g & sign)
+      }
     }
     acc.step(as, pw.kpairs, kp, wv);
   }
-  acc.store(c);
+  // Lanes back in order: vector 2h + v, element 4t + u is lane 32h + 8t + 4v + u.
+  alignas(64) float t[MR * kPanel];
+  acc.store(t);
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < kLaneVecs; ++q)
+      for (int e = 0; e < 16; ++e)
+        c[r * kPanel + 32 * (q / 2) + 8 * (e / 4) + 4 * (q % 2) + e % 4] =
+            t[r * kPanel + q * 16 + e];
 }
 
 // FP4 without shuffles to spread the bytes: accumulator vector q holds the lanes 4j + q
