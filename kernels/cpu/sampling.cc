@@ -1,3 +1,5 @@
+// Token sampling (see sampling.h): candidates sorted by descending logit with lower ids first,
+// softmax in double, nucleus cut, one SplitMix64 draw per (seed, step).
 #include "kernels/cpu/sampling.h"
 
 #include <algorithm>

@@ -1,3 +1,5 @@
+// Decoding of checkpoint-format weight rows (see weight_decode.h), one element at a time: the
+// plain, obviously-correct form the reference GEMM and the tests rely on.
 #include "kernels/cpu/weight_decode.h"
 
 #include <cstring>

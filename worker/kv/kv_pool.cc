@@ -1,3 +1,5 @@
+// The KV pool (see kv_pool.h): layout arithmetic, slot and block bookkeeping. Block ids are
+// handed out lowest first and returned in reverse, so a freed sequence's blocks are reused first.
 #include "worker/kv/kv_pool.h"
 
 #include <algorithm>
