@@ -84,6 +84,10 @@ int main(int argc, char** argv) {
   app.add_option("--experts-per-token", experts, "Override num_experts_per_tok")
       ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
+  if (!(sp.top_p > 0.0f)) {
+    std::fprintf(stderr, "moerun-generate: --top-p must be in (0, 1], got %g\n", sp.top_p);
+    return 2;
+  }
   try {
     moerun::engine::EngineOptions eo;
     eo.checkpoint = model;
