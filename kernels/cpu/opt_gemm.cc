@@ -273,7 +273,9 @@ void gemm_bf16_direct(const GemmParams& p, const PackedView& pw, bool vbmi, int 
     for (int64_t idx = 0; idx < num_panels; ++idx) run_panel(idx);
     return;
   }
-#pragma omp parallel for num_threads(threads) schedule(static)
+  // Dynamic: memory-bound panels take uneven times on a shared machine; which thread computes
+  // a panel never changes its result.
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
   for (int64_t idx = 0; idx < num_panels; ++idx) run_panel(idx);
 }
 
