@@ -21,6 +21,7 @@
 //     throw on valid shapes, and are called from one thread (they use their own threads).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -235,6 +236,12 @@ class Kernels {
     return nullptr;
   }
   virtual void gemm(const GemmParams& p) = 0;
+  // Runs every GEMM of the list; each output is exactly what gemm(ps[i]) would give (the calls
+  // must not write each other's inputs or outputs). The optimized kernels run them in one parallel
+  // region.
+  virtual void gemm_batch(const GemmParams* ps, size_t n) {
+    for (size_t i = 0; i < n; ++i) gemm(ps[i]);
+  }
 
   // act_quant in place over rows of `cols` elements in blocks of `block` (cols % block == 0):
   // x ← bf16(e4m3(clamp(x/s, ±448))·s), s the power-of-two scale of spec §5.

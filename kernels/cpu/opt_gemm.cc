@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "common/error.h"
@@ -70,7 +71,9 @@ class Scratch {
 
 template <typename T>
 T* thread_scratch(int slot, size_t count) {
-  thread_local Scratch slots[3];  // 0: partial sums, 1: converted weights, 2: activation pairs
+  // 0: partial sums, 1: converted weights, 2: activation pairs, 3: gemm_batch's activation
+  // pairs of every decode call (the calling thread's, read by every thread of the region)
+  thread_local Scratch slots[4];
   return static_cast<T*>(slots[slot].get(count * sizeof(T)));
 }
 
@@ -342,6 +345,35 @@ void check_gemm(const GemmParams& p) {
                "gemm: lda {} < cols {} or ldo {} < n {}", p.lda, p.w.cols, p.ldo, p.n);
 }
 
+// p.packed as this kernel set's pack, checked against p.w; nullptr when the call has none.
+const PackedGemmWeight* checked_pack(const GemmParams& p) {
+  const PackedGemmWeight* packed = dynamic_cast<const PackedGemmWeight*>(p.packed);
+  MOERUN_CHECK(p.packed == nullptr || packed != nullptr,
+               "gemm: the packed weight was not made by the optimized kernels");
+  if (packed != nullptr) {
+    const PackedView& v = packed->view();
+    MOERUN_CHECK(v.format == p.w.format && v.rows == p.w.rows && v.cols == p.w.cols,
+                 "gemm: the packed weight does not match the weight view");
+  }
+  return packed;
+}
+
+// p.packed checked against p.w, or (no pack) a re-blocked copy of just the panels the call
+// reads, kept in `temporary` (slow, but the same arithmetic).
+const PackedGemmWeight* resolve_pack(const GemmParams& p,
+                                     std::unique_ptr<PackedGemmWeight>& temporary) {
+  const PackedGemmWeight* packed = checked_pack(p);
+  if (packed != nullptr) return packed;
+  temporary = std::make_unique<PackedGemmWeight>(p.w, p.row_begin / kPanel,
+                                                 ceil_div(p.row_begin + p.n, kPanel));
+  return temporary.get();
+}
+
+// True where opt_gemm sends the call to gemm_bf16_direct.
+bool takes_direct_path(const GemmParams& p, const CpuFeatures& f) {
+  return choose_path(f, p.w.format, p.phase) == Path::kAvx512Bf16 && p.m <= kMaxDirectRows;
+}
+
 }  // namespace
 
 // ---- the portable path --------------------------------------------------------------------
@@ -415,19 +447,7 @@ void opt_gemm(const GemmParams& p, const CpuFeatures& f, int num_threads) {
   check_gemm(p);
   if (p.m == 0 || p.n == 0) return;
   std::unique_ptr<PackedGemmWeight> temporary;
-  const PackedGemmWeight* packed = dynamic_cast<const PackedGemmWeight*>(p.packed);
-  MOERUN_CHECK(p.packed == nullptr || packed != nullptr,
-               "gemm: the packed weight was not made by the optimized kernels");
-  if (packed == nullptr) {
-    // No pack: re-block just the panels this call reads (slow, but the same arithmetic).
-    temporary = std::make_unique<PackedGemmWeight>(p.w, p.row_begin / kPanel,
-                                                   ceil_div(p.row_begin + p.n, kPanel));
-    packed = temporary.get();
-  } else {
-    const PackedView& v = packed->view();
-    MOERUN_CHECK(v.format == p.w.format && v.rows == p.w.rows && v.cols == p.w.cols,
-                 "gemm: the packed weight does not match the weight view");
-  }
+  const PackedGemmWeight* packed = resolve_pack(p, temporary);
   const int threads = resolve_threads(num_threads);
   const Path path = choose_path(f, p.w.format, p.phase);
   // Without AMX, prefill goes through fp32 FMA even where vdpbf16ps exists: weights converted
@@ -439,6 +459,82 @@ void opt_gemm(const GemmParams& p, const CpuFeatures& f, int num_threads) {
     gemm_bf16_direct(p, packed->view(), f.avx512_vbmi, threads);
   else
     gemm_f32_family(p, packed->view(), path == Path::kAvx512Bf16 ? Path::kAvx512 : path, threads);
+}
+
+void opt_gemm_batch(const GemmParams* ps, size_t n, const CpuFeatures& f, int num_threads) {
+  // Every call is checked (and its pack resolved) before any runs, so that a bad call throws
+  // here rather than inside the parallel region.
+  struct DirectCall {
+    const GemmParams* p;
+    const PackedView* pw;
+    size_t pairs_offset;  // into the activation pairs buffer
+  };
+  struct Item {
+    int32_t call;
+    int32_t panel;
+  };
+  std::vector<std::unique_ptr<PackedGemmWeight>> temporaries;
+  // Reused from call to call (the hot path allocates only when a batch is bigger than before).
+  thread_local std::vector<DirectCall> direct;
+  thread_local std::vector<const GemmParams*> others;
+  thread_local std::vector<Item> items;
+  direct.clear();
+  others.clear();
+  items.clear();
+  size_t pairs_total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const GemmParams& p = ps[i];
+    check_gemm(p);
+    if (p.m == 0 || p.n == 0) continue;
+    if (!takes_direct_path(p, f)) {
+      checked_pack(p);
+      others.push_back(&p);
+      continue;
+    }
+    std::unique_ptr<PackedGemmWeight> temporary;
+    const PackedGemmWeight* packed = resolve_pack(p, temporary);
+    if (temporary != nullptr) temporaries.push_back(std::move(temporary));
+    direct.push_back({&p, &packed->view(), pairs_total});
+    // Each call's rows start on a cache line of their own.
+    pairs_total += static_cast<size_t>(ceil_div(p.m * packed->view().kpairs, 16) * 16);
+  }
+  for (const GemmParams* p : others) opt_gemm(*p, f, num_threads);
+  if (direct.empty()) return;
+
+  // The decode calls: activations to bf16 pairs (each call its own rows of the buffer), then
+  // every (call, panel) of them in one region. Which thread computes a panel, and next to
+  // which others, changes nothing in its result (gemm_bf16_direct's per-panel computation).
+  uint32_t* pairs = thread_scratch<uint32_t>(3, pairs_total);
+  for (size_t c = 0; c < direct.size(); ++c) {
+    const DirectCall& d = direct[c];
+    gemm_detail::pairs_from_f32_avx512(d.p->a, d.p->lda, d.p->m, d.pw->cols, d.pw->kpairs,
+                                       pairs + d.pairs_offset);
+    const int64_t first_panel = d.p->row_begin / kPanel;
+    const int64_t end_panel = ceil_div(d.p->row_begin + d.p->n, kPanel);
+    for (int64_t panel = first_panel; panel < end_panel; ++panel)
+      items.push_back({static_cast<int32_t>(c), static_cast<int32_t>(panel)});
+  }
+  // The lists by pointer: inside the region each thread's `direct` and `items` would name its
+  // own thread_local vectors.
+  const DirectCall* calls = direct.data();
+  const Item* item_list = items.data();
+  const bool vbmi = f.avx512_vbmi;
+  const auto run_item = [calls, pairs, vbmi](const Item& item) {
+    const DirectCall& d = calls[item.call];
+    const GemmParams& p = *d.p;
+    float* c = thread_scratch<float>(0, static_cast<size_t>(p.m * kPanel));
+    gemm_detail::direct_bf16_avx512bf16(*d.pw, item.panel, pairs + d.pairs_offset, d.pw->kpairs,
+                                        p.m, vbmi, c);
+    store_outputs(p, item.panel, 0, p.m, c);
+  };
+  const int threads = resolve_threads(num_threads);
+  const int64_t num_items = static_cast<int64_t>(items.size());
+  if (num_items == 1 || threads == 1) {
+    for (int64_t i = 0; i < num_items; ++i) run_item(item_list[i]);
+    return;
+  }
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+  for (int64_t i = 0; i < num_items; ++i) run_item(item_list[i]);
 }
 
 namespace {

@@ -30,6 +30,9 @@ class OptimizedKernels final : public Kernels {
 
   std::unique_ptr<PackedWeight> pack(const WeightView& w) override { return opt_pack_weight(w); }
   void gemm(const GemmParams& p) override { opt_gemm(p, features_, threads_); }
+  void gemm_batch(const GemmParams* ps, size_t n) override {
+    opt_gemm_batch(ps, n, features_, threads_);
+  }
   void quantize_e4m3(float* x, int64_t rows, int64_t ld, int64_t cols, int64_t block) override {
     opt_quantize_e4m3(x, rows, ld, cols, block, features_, threads_);
   }

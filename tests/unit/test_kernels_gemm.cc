@@ -23,6 +23,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -35,6 +36,7 @@
 #include "kernels/cpu/opt_gemm.h"
 #include "kernels/cpu/reference.h"
 #include "kernels/cpu/weight_decode.h"
+#include "kernels/kernels.h"
 #include "kernels/tolerance.h"
 
 namespace moerun::kernels {
@@ -568,6 +570,229 @@ INSTANTIATE_TEST_SUITE_P(Formats, GemmAmx, ::testing::Range(0, 3),
                          [](const ::testing::TestParamInfo<int>& param) {
                            return std::string(format_name(kAmxFormats[param.param].format));
                          });
+
+// ---- gemm_batch ------------------------------------------------------------------------------
+
+// A mixed list of GEMM calls as a decode step issues them (several calls sharing an input),
+// with the buffers they point into. Each call writes its own output buffer, whose padding
+// columns hold a sentinel.
+struct BatchList {
+  std::vector<std::unique_ptr<TestWeight>> weights;
+  std::vector<std::unique_ptr<PackedWeight>> packs;
+  std::vector<std::vector<float>> inputs;
+  std::vector<GemmParams> calls;
+  std::vector<int64_t> out_sizes;
+};
+
+BatchList make_batch_list() {
+  struct WeightSpec {
+    WeightFormat format;
+    int64_t rows, cols;
+  };
+  // Multi-panel and single-panel weights of every format; reductions below and above one
+  // chunk (1024), odd for bf16/f32 (an odd last k-pair).
+  const WeightSpec specs[] = {
+      {WeightFormat::kBf16, 300, 200}, {WeightFormat::kFp8, 300, 256},
+      {WeightFormat::kFp4, 300, 96},   {WeightFormat::kF32, 300, 200},
+      {WeightFormat::kBf16, 32, 1027}, {WeightFormat::kF32, 24, 1027},
+      {WeightFormat::kFp8, 40, 1152},  {WeightFormat::kFp4, 16, 1056},
+  };
+  BatchList list;
+  for (const WeightSpec& s : specs) {
+    list.weights.push_back(
+        make_weight(s.format, s.rows, s.cols, 71 + static_cast<uint32_t>(list.weights.size())));
+    list.packs.push_back(opt_pack_weight(list.weights.back()->view));
+  }
+  int idx = 0;
+  for (const int64_t m : {int64_t{1}, int64_t{2}, int64_t{4}, int64_t{7}, int64_t{33}}) {
+    for (size_t wi = 0; wi < list.weights.size(); ++wi) {
+      const TestWeight& w = *list.weights[wi];
+      const int64_t cols = w.view.cols;
+      const int64_t lda = cols + (idx % 3 == 1 ? 5 : 0);
+      // One input per (m, weight), shared by the slices below (like w1/w3 sharing x).
+      list.inputs.push_back(
+          make_activations(w.view.format, m, cols, lda, static_cast<uint32_t>(500 + idx)));
+      // Slices: the whole weight, an odd one starting mid-panel, one from the second panel.
+      struct Slice {
+        int64_t row_begin, n;
+      };
+      std::vector<Slice> slices = {{0, w.view.rows}, {5, std::min<int64_t>(17, w.view.rows - 5)}};
+      if (w.view.rows > 200) slices.push_back({131, 129});
+      for (const Slice& sl : slices) {
+        GemmParams p;
+        p.a = list.inputs.back().data();
+        p.lda = lda;
+        p.m = m;
+        p.w = w.view;
+        p.row_begin = sl.row_begin;
+        p.n = sl.n;
+        p.ldo = sl.n + (idx % 4 == 2 ? 3 : 0);
+        p.round_bf16 = idx % 2 == 1;
+        p.packed = idx % 5 != 3 ? list.packs[wi].get() : nullptr;
+        p.phase = idx % 3 == 0 ? RowPhase::kPrefill : RowPhase::kDecode;
+        list.calls.push_back(p);
+        list.out_sizes.push_back(m * p.ldo);
+        ++idx;
+      }
+    }
+  }
+  // Calls with nothing to do.
+  GemmParams empty = list.calls.front();
+  empty.n = 0;
+  list.calls.push_back(empty);
+  list.out_sizes.push_back(0);
+  empty = list.calls.front();
+  empty.m = 0;
+  list.calls.push_back(empty);
+  list.out_sizes.push_back(0);
+  return list;
+}
+
+// Output buffers (sentinel-filled) for every call of `list`, pointed to by `calls`.
+std::vector<std::vector<float>> attach_outputs(const BatchList& list,
+                                               std::vector<GemmParams>& calls) {
+  calls = list.calls;
+  std::vector<std::vector<float>> outs;
+  for (size_t i = 0; i < calls.size(); ++i) {
+    outs.emplace_back(static_cast<size_t>(std::max<int64_t>(list.out_sizes[i], 1)), -12345.0f);
+    calls[i].out = outs.back().data();
+  }
+  return outs;
+}
+
+std::string describe_call(const GemmParams& p) {
+  return fmt::format("{} [{}, {}] m={} row_begin={} n={} ldo={} round_bf16={} packed={} {}",
+                     format_name(p.w.format), p.w.rows, p.w.cols, p.m, p.row_begin, p.n, p.ldo,
+                     p.round_bf16, p.packed != nullptr,
+                     p.phase == RowPhase::kDecode ? "decode" : "prefill");
+}
+
+// Every call's output of the batch equals its own call's, bit for bit (sentinels included).
+void expect_same_outputs(const std::string& what, const std::vector<GemmParams>& calls,
+                         const std::vector<std::vector<float>>& got,
+                         const std::vector<std::vector<float>>& want) {
+  for (size_t i = 0; i < calls.size(); ++i) {
+    const GemmParams& p = calls[i];
+    if (p.m == 0 || p.n == 0) {
+      EXPECT_EQ(bits(got[i][0]), bits(-12345.0f)) << what << " call " << i << " wrote";
+      continue;
+    }
+    const std::string diff = first_mismatches(got[i], want[i], p.m, p.ldo, p.ldo);
+    EXPECT_TRUE(diff.empty()) << what << " call " << i << ": " << describe_call(p) << "\n" << diff;
+  }
+}
+
+// Kernels::gemm_batch of both kernel sets equals gemm on each call; the optimized one with 1
+// and 2 threads, which also agree with each other.
+TEST(GemmBatch, KernelSetsMatchSingleCalls) {
+  const BatchList list = make_batch_list();
+  ASSERT_GT(list.calls.size(), 80u);
+  std::vector<std::vector<float>> single_opt;  // optimized, 1 thread, one call at a time
+  for (const auto& [impl, threads] :
+       {std::pair{KernelImpl::kReference, 1}, std::pair{KernelImpl::kOptimized, 1},
+        std::pair{KernelImpl::kOptimized, 2}}) {
+    const std::unique_ptr<Kernels> k = make_kernels(impl, threads);
+    const std::string what = k->describe();
+    // The reference kernels ignore packs; give them none.
+    BatchList own = make_batch_list();
+    if (impl == KernelImpl::kReference)
+      for (GemmParams& p : own.calls) p.packed = nullptr;
+    std::vector<GemmParams> single_calls, batch_calls;
+    const auto single = attach_outputs(own, single_calls);
+    const auto batch = attach_outputs(own, batch_calls);
+    for (const GemmParams& p : single_calls) k->gemm(p);
+    k->gemm_batch(batch_calls.data(), batch_calls.size());
+    expect_same_outputs(what, batch_calls, batch, single);
+    if (impl == KernelImpl::kOptimized) {
+      if (single_opt.empty())
+        single_opt = single;
+      else
+        expect_same_outputs(what + " vs 1 thread", batch_calls, batch, single_opt);
+    }
+    // A second batch through the same (now warm) scratch gives the same again.
+    std::vector<GemmParams> again_calls;
+    const auto again = attach_outputs(own, again_calls);
+    k->gemm_batch(again_calls.data(), again_calls.size());
+    expect_same_outputs(what + " (second batch)", again_calls, again, single);
+  }
+}
+
+// opt_gemm_batch at every feature level (the lower ones have no decode path: every call goes
+// through opt_gemm), 1 to 3 threads, against opt_gemm one call at a time with 1 thread.
+TEST(GemmBatch, EveryLevelMatchesSingleCalls) {
+  const BatchList list = make_batch_list();
+  for (const Level& level : available_levels()) {
+    std::vector<GemmParams> single_calls;
+    const auto single = attach_outputs(list, single_calls);
+    for (const GemmParams& p : single_calls) opt_gemm(p, level.features, 1);
+    for (const int threads : {1, 2, 3}) {
+      std::vector<GemmParams> batch_calls;
+      const auto batch = attach_outputs(list, batch_calls);
+      opt_gemm_batch(batch_calls.data(), batch_calls.size(), level.features, threads);
+      expect_same_outputs(fmt::format("{} threads={}", level.name, threads), batch_calls, batch,
+                          single);
+    }
+    if (HasFailure()) return;
+  }
+  // An empty list does nothing.
+  opt_gemm_batch(nullptr, 0, cpu_features(), 2);
+}
+
+// Only decode calls at m ≤ 4 (the batched path alone), many single-panel ones, in one list.
+TEST(GemmBatch, DecodeOnlyList) {
+  const BatchList list = make_batch_list();
+  BatchList decode;
+  for (size_t i = 0; i < list.calls.size(); ++i) {
+    GemmParams p = list.calls[i];
+    if (p.m > 4) continue;
+    p.phase = RowPhase::kDecode;
+    decode.calls.push_back(p);
+    decode.out_sizes.push_back(list.out_sizes[i]);
+  }
+  const CpuFeatures& f = cpu_features();
+  std::vector<GemmParams> single_calls;
+  const auto single = attach_outputs(decode, single_calls);
+  for (const GemmParams& p : single_calls) opt_gemm(p, f, 2);
+  for (const int threads : {1, 2}) {
+    std::vector<GemmParams> batch_calls;
+    const auto batch = attach_outputs(decode, batch_calls);
+    opt_gemm_batch(batch_calls.data(), batch_calls.size(), f, threads);
+    expect_same_outputs(fmt::format("decode only, threads={}", threads), batch_calls, batch,
+                        single);
+  }
+}
+
+// A bad call anywhere in the list throws before any call runs.
+TEST(GemmBatch, BadCallThrowsBeforeRunning) {
+  const auto w = make_weight(WeightFormat::kBf16, 128, 256, 3);
+  const auto other = make_weight(WeightFormat::kBf16, 128, 384, 3);
+  const auto pack = opt_pack_weight(w->view);
+  const auto other_pack = opt_pack_weight(other->view);
+  const std::vector<float> a = make_activations(WeightFormat::kBf16, 1, 256, 256, 5);
+  std::vector<float> out0(128, -12345.0f), out1(128, -12345.0f);
+  GemmParams ps[2];
+  ps[0].a = a.data();
+  ps[0].lda = 256;
+  ps[0].m = 1;
+  ps[0].w = w->view;
+  ps[0].n = 128;
+  ps[0].out = out0.data();
+  ps[0].ldo = 128;
+  ps[0].packed = pack.get();
+  ps[0].phase = RowPhase::kDecode;
+  ps[1] = ps[0];
+  ps[1].out = out1.data();
+  ps[1].packed = other_pack.get();  // does not match the view
+  EXPECT_THROW(opt_gemm_batch(ps, 2, cpu_features(), 2), moerun::Error);
+  ps[1].phase = RowPhase::kPrefill;
+  ps[1].m = 7;  // through opt_gemm: checked up front as well
+  EXPECT_THROW(opt_gemm_batch(ps, 2, cpu_features(), 2), moerun::Error);
+  ps[1].packed = pack.get();
+  ps[1].row_begin = 1;  // rows [1, 129) outside the weight
+  EXPECT_THROW(opt_gemm_batch(ps, 2, cpu_features(), 2), moerun::Error);
+  EXPECT_EQ(bits(out0[0]), bits(-12345.0f));
+  EXPECT_EQ(bits(out1[0]), bits(-12345.0f));
+}
 
 TEST(GemmPack, RejectsForeignShapes) {
   const auto w = make_weight(WeightFormat::kFp8, 256, 256, 1);
