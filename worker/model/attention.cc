@@ -27,11 +27,35 @@ void Model::attention(int64_t layer, const StepBatch& batch, const float* x, flo
   rp.cos = tab.cos.data();
   rp.sin = tab.sin.data();
 
-  // Query: qr = q_norm(wq_a(x)); q = wq_b(qr), per-head RMS scaling, RoPE on the last rd dims.
+  // Every projection of the block input x runs in one batch of GEMMs: wq_a and wkv on the
+  // quantized x, the compressors' fp32 projections and the indexer's head weights on x.
+  const Rows all = all_rows(batch);
+  const int64_t ih = c.index_n_heads, ihd = c.index_head_dim;
   std::vector<float> qr(static_cast<size_t>(rows * ql)), q(static_cast<size_t>(rows * H * D));
-  qlinear(aw.wq_a, x, all_rows(batch), d, qr.data(), ql);
+  std::vector<float> kv(static_cast<size_t>(rows * D)), iq, iw;
+  CompressorInput comp_in, idx_in;
+  GemmList gemms;
+  const std::vector<float> xq = quantized(x, rows, d, d);
+  add_linear(gemms, aw.wq_a, xq.data(), all, d, qr.data(), ql, true);
+  add_linear(gemms, aw.wkv, xq.data(), all, d, kv.data(), D, true);
+  if (aw.compressor) add_compressor_projections(gemms, *aw.compressor, batch, x, comp_in);
+  if (aw.indexer) {
+    add_compressor_projections(gemms, aw.indexer->compressor, batch, x, idx_in);
+    iw.resize(static_cast<size_t>(rows * ih));
+    add_linear(gemms, aw.indexer->weights_proj, x, all, d, iw.data(), ih, true);
+  }
+  run_gemms(gemms);
+
+  // Query: qr = q_norm(wq_a(x)); q = wq_b(qr) (with the indexer's queries, from the same qr),
+  // per-head RMS scaling, RoPE on the last rd dims.
   k_.rmsnorm(qr.data(), ql, rows, ql, aw.q_norm.data(), eps, qr.data(), ql);
-  qlinear(aw.wq_b, qr.data(), all_rows(batch), ql, q.data(), H * D);
+  const std::vector<float> qrq = quantized(qr.data(), rows, ql, ql);
+  add_linear(gemms, aw.wq_b, qrq.data(), all, ql, q.data(), H * D, true);
+  if (aw.indexer) {
+    iq.resize(static_cast<size_t>(rows * ih * ihd));
+    add_linear(gemms, aw.indexer->wq_b, qrq.data(), all, ql, iq.data(), ih * ihd, true);
+  }
+  run_gemms(gemms);
   k_.head_rms_scale_bf16(q.data(), rows, H, D, eps);
   rp.x = q.data() + nope;
   rp.heads = H;
@@ -40,8 +64,6 @@ void Model::attention(int64_t layer, const StepBatch& batch, const float* x, flo
   k_.rope(rp);
 
   // Key/value: kv_norm(wkv(x)), RoPE, FP8 simulation of the nope dims (blocks of 64).
-  std::vector<float> kv(static_cast<size_t>(rows * D));
-  qlinear(aw.wkv, x, all_rows(batch), d, kv.data(), D);
   k_.rmsnorm(kv.data(), D, rows, D, aw.kv_norm.data(), eps, kv.data(), D);
   rp.x = kv.data() + nope;
   rp.heads = 1;
@@ -52,9 +74,9 @@ void Model::attention(int64_t layer, const StepBatch& batch, const float* x, flo
 
   // Compressed rows completing in this step are written before any query reads them (a
   // block that completes at p is visible to p itself).
-  if (aw.compressor) compress(layer, *aw.compressor, false, batch, x);
+  if (aw.compressor) compress(layer, *aw.compressor, false, batch, comp_in);
   std::vector<int32_t> sel, sel_count;
-  if (aw.indexer) indexer_select(layer, batch, x, qr.data(), sel, sel_count, obs);
+  if (aw.indexer) indexer_select(layer, batch, iq.data(), iw.data(), idx_in, sel, sel_count, obs);
   const int64_t topk = c.index_topk;
 
   // Key lists: the window [p−W+1, p] oldest first (rows of this step from `kv`, older ones from
@@ -117,8 +139,9 @@ void Model::attention(int64_t layer, const StepBatch& batch, const float* x, flo
   const int64_t G = c.o_groups, ol = c.o_lora_rank, gd = H * D / G;
   std::vector<float> og(static_cast<size_t>(rows * G * ol));
   for (int64_t g = 0; g < G; ++g)
-    linear(aw.wo_a, o.data() + g * gd, all_rows(batch), H * D, og.data() + g * ol, G * ol, true,
-           g * ol, ol);
+    add_linear(gemms, aw.wo_a, o.data() + g * gd, all, H * D, og.data() + g * ol, G * ol, true,
+               g * ol, ol);
+  run_gemms(gemms);
   qlinear(aw.wo_b, og.data(), all_rows(batch), G * ol, out, d);
 }
 

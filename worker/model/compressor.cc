@@ -10,20 +10,31 @@
 
 namespace moerun::model {
 
+void Model::add_compressor_projections(GemmList& list, const CompressorWeights& cw,
+                                       const StepBatch& batch, const float* x,
+                                       CompressorInput& in) {
+  // fp32 outputs: the bf16 weights are used as fp32, as the reference does.
+  const int64_t rows = batch.rows(), d = config().hidden_size;
+  const int64_t width = (cw.overlap ? 2 : 1) * cw.dim;
+  in.kv.resize(static_cast<size_t>(rows * width));
+  in.score.resize(static_cast<size_t>(rows * width));
+  add_linear(list, cw.wkv, x, all_rows(batch), d, in.kv.data(), width, false);
+  add_linear(list, cw.wgate, x, all_rows(batch), d, in.score.data(), width, false);
+}
+
 void Model::compress(int64_t layer, const CompressorWeights& cw, bool indexer,
-                     const StepBatch& batch, const float* x) {
+                     const StepBatch& batch, CompressorInput& in) {
   const ModelConfig& c = config();
   const kv::LayerKvLayout& ly = pool_.layout().layer(layer);
-  const int64_t rows = batch.rows(), d = c.hidden_size, r = cw.ratio, dc = cw.dim;
+  const int64_t rows = batch.rows(), r = cw.ratio, dc = cw.dim;
   const int64_t width = (cw.overlap ? 2 : 1) * dc, rd = c.qk_rope_head_dim;
   const int64_t state_rows = ly.state_rows;
   const int64_t kv_off = indexer ? ly.idx_kv : ly.comp_kv;
   const int64_t score_off = indexer ? ly.idx_score : ly.comp_score;
 
-  // Projections in fp32 (bf16 weights used as fp32), scores + ape[p mod r].
-  std::vector<float> kvp(static_cast<size_t>(rows * width)), g(static_cast<size_t>(rows * width));
-  linear(cw.wkv, x, all_rows(batch), d, kvp.data(), width, false);
-  linear(cw.wgate, x, all_rows(batch), d, g.data(), width, false);
+  // Scores + ape[p mod r].
+  const std::vector<float>& kvp = in.kv;
+  std::vector<float>& g = in.score;
   for (int64_t i = 0; i < rows; ++i) {
     const float* ape = cw.ape.data() + (batch.positions[i] % r) * width;
     for (int64_t k = 0; k < width; ++k) g[i * width + k] += ape[k];

@@ -9,20 +9,17 @@
 
 namespace moerun::model {
 
-void Model::indexer_select(int64_t layer, const StepBatch& batch, const float* x, const float* qr,
-                           std::vector<int32_t>& sel, std::vector<int32_t>& counts,
-                           ForwardObserver* obs) {
+void Model::indexer_select(int64_t layer, const StepBatch& batch, float* q, float* w,
+                           CompressorInput& key_input, std::vector<int32_t>& sel,
+                           std::vector<int32_t>& counts, ForwardObserver* obs) {
   const ModelConfig& c = config();
   const IndexerWeights& ix = *w_.layer(layer).attn.indexer;
-  const int64_t rows = batch.rows(), d = c.hidden_size, ih = c.index_n_heads;
+  const int64_t rows = batch.rows(), ih = c.index_n_heads;
   const int64_t ihd = c.index_head_dim, rd = c.qk_rope_head_dim, topk = c.index_topk;
-  const int64_t ql = c.q_lora_rank;
   const RopeTable& tab = rope(layer);
 
-  std::vector<float> q(static_cast<size_t>(rows * ih * ihd));
-  qlinear(ix.wq_b, qr, all_rows(batch), ql, q.data(), ih * ihd);
   kernels::RopeParams rp;
-  rp.x = q.data() + ihd - rd;
+  rp.x = q + ihd - rd;
   rp.rows = rows;
   rp.heads = ih;
   rp.row_stride = ih * ihd;
@@ -32,17 +29,15 @@ void Model::indexer_select(int64_t layer, const StepBatch& batch, const float* x
   rp.cos = tab.cos.data();
   rp.sin = tab.sin.data();
   k_.rope(rp);
-  k_.hadamard(q.data(), rows * ih, ihd);
-  k_.quantize_e2m1(q.data(), rows * ih, ihd, ihd, 32);
+  k_.hadamard(q, rows * ih, ihd);
+  k_.quantize_e2m1(q, rows * ih, ihd, ihd, 32);
 
-  compress(layer, ix.compressor, true, batch, x);
+  compress(layer, ix.compressor, true, batch, key_input);
 
   // Head weights: bf16(bf16(x · weights_projᵀ) · fp32(ihd^-½ · heads^-½)).
-  std::vector<float> w(static_cast<size_t>(rows * ih));
-  linear(ix.weights_proj, x, all_rows(batch), d, w.data(), ih, true);
   const float wscale = static_cast<float>(std::pow(static_cast<double>(ihd), -0.5) *
                                           std::pow(static_cast<double>(ih), -0.5));
-  for (float& v : w) v = kernels::canonical::bf16(v * wscale);
+  for (int64_t i = 0; i < rows * ih; ++i) w[i] = kernels::canonical::bf16(w[i] * wscale);
 
   const int64_t r = c.compress_ratio(layer);
   sel.assign(static_cast<size_t>(rows * topk), -1);
@@ -65,11 +60,11 @@ void Model::indexer_select(int64_t layer, const StepBatch& batch, const float* x
       limit[i] = static_cast<int32_t>((batch.positions[s.begin + i] + 1) / r);
     scores.assign(static_cast<size_t>(s.count * nvis_max), 0.0f);
     kernels::IndexerScoreParams sp;
-    sp.q = q.data() + s.begin * ih * ihd;
+    sp.q = q + s.begin * ih * ihd;
     sp.m = s.count;
     sp.num_heads = ih;
     sp.dim = ihd;
-    sp.weights = w.data() + s.begin * ih;
+    sp.weights = w + s.begin * ih;
     sp.keys = keys.data();
     sp.n_keys = nvis_max;
     sp.key_limit = limit.data();

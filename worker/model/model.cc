@@ -26,8 +26,9 @@ const RopeTable& Model::rope(int64_t layer) const {
   return config().uses_yarn(layer) ? rope_yarn_ : rope_plain_;
 }
 
-void Model::linear(const Linear& w, const float* x, Rows rows, int64_t ldx, float* out, int64_t ldo,
-                   bool round_bf16, int64_t row_begin, int64_t n) {
+void Model::add_linear(GemmList& list, const Linear& w, const float* x, Rows rows, int64_t ldx,
+                       float* out, int64_t ldo, bool round_bf16, int64_t row_begin,
+                       int64_t n) const {
   kernels::GemmParams p;
   p.lda = ldx;
   p.w = w.view;
@@ -43,25 +44,41 @@ void Model::linear(const Linear& w, const float* x, Rows rows, int64_t ldx, floa
     p.m = prefill;
     p.out = out;
     p.phase = kernels::RowPhase::kPrefill;
-    k_.gemm(p);
+    list.push_back(p);
   }
   if (rows.rows > prefill) {
     p.a = x + prefill * ldx;
     p.m = rows.rows - prefill;
     p.out = out + prefill * ldo;
     p.phase = kernels::RowPhase::kDecode;
-    k_.gemm(p);
+    list.push_back(p);
   }
+}
+
+void Model::run_gemms(GemmList& list) {
+  if (!list.empty()) k_.gemm_batch(list.data(), list.size());
+  list.clear();
+}
+
+void Model::linear(const Linear& w, const float* x, Rows rows, int64_t ldx, float* out, int64_t ldo,
+                   bool round_bf16, int64_t row_begin, int64_t n) {
+  GemmList list;
+  add_linear(list, w, x, rows, ldx, out, ldo, round_bf16, row_begin, n);
+  run_gemms(list);
+}
+
+std::vector<float> Model::quantized(const float* x, int64_t rows, int64_t ldx, int64_t cols) {
+  std::vector<float> xq(static_cast<size_t>(rows * cols));
+  for (int64_t i = 0; i < rows; ++i)
+    std::memcpy(xq.data() + i * cols, x + i * ldx, sizeof(float) * cols);
+  k_.quantize_e4m3(xq.data(), rows, cols, cols, 128);
+  return xq;
 }
 
 void Model::qlinear(const Linear& w, const float* x, Rows rows, int64_t ldx, float* out,
                     int64_t ldo) {
-  const int64_t cols = w.view.cols;
-  std::vector<float> xq(static_cast<size_t>(rows.rows * cols));
-  for (int64_t i = 0; i < rows.rows; ++i)
-    std::memcpy(xq.data() + i * cols, x + i * ldx, sizeof(float) * cols);
-  k_.quantize_e4m3(xq.data(), rows.rows, cols, cols, 128);
-  linear(w, xq.data(), rows, cols, out, ldo, true);
+  const std::vector<float> xq = quantized(x, rows.rows, ldx, w.view.cols);
+  linear(w, xq.data(), rows, w.view.cols, out, ldo, true);
 }
 
 void Model::embed(const StepBatch& batch, float* h) const {

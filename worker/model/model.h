@@ -97,6 +97,21 @@ class Model {
   void mtp_input(const StepBatch& batch, const float* h_main, int64_t mtp_layer, float* x);
 
  private:
+  // Row counts of a GEMM: `rows` in all, the first `prefill` of them prompt tokens.
+  struct Rows {
+    int64_t rows = 0;
+    int64_t prefill = 0;
+  };
+  static Rows all_rows(const StepBatch& b) { return {b.rows(), b.prefill_rows}; }
+  // GEMMs queued to run together (Kernels::gemm_batch: one parallel region).
+  using GemmList = std::vector<kernels::GemmParams>;
+  // Queues out = x · Wᵀ (rows [row_begin, row_begin + n) of W), one call per row phase.
+  void add_linear(GemmList& list, const Linear& w, const float* x, Rows rows, int64_t ldx,
+                  float* out, int64_t ldo, bool round_bf16, int64_t row_begin = 0,
+                  int64_t n = -1) const;
+  void run_gemms(GemmList& list);
+  // act_quant (1×128 e4m3) of x [rows, cols] (row stride ldx) into a dense copy.
+  std::vector<float> quantized(const float* x, int64_t rows, int64_t ldx, int64_t cols);
   struct HcMix {
     std::vector<float> pre, post, comb;
   };
@@ -105,21 +120,24 @@ class Model {
   void hc_pre(const HcParams& p, const float* h, const StepBatch& batch, float* x, HcMix& mix);
   void attention(int64_t layer, const StepBatch& batch, const float* x, float* out,
                  ForwardObserver* obs);
-  // Runs a compressor over the batch rows (x [rows, dim] the attention input): updates the
-  // running state and writes every row that completes. `indexer` picks the indexer's one.
-  void compress(int64_t layer, const CompressorWeights& cw, bool indexer, const StepBatch& batch,
-                const float* x);
-  // Chosen compressed rows of every batch row: sel [rows, index_topk] (−1 padded), counts.
-  void indexer_select(int64_t layer, const StepBatch& batch, const float* x, const float* qr,
-                      std::vector<int32_t>& sel, std::vector<int32_t>& counts,
-                      ForwardObserver* obs);
-  void moe(int64_t layer, const StepBatch& batch, const float* x, float* out, ForwardObserver* obs);
-  // Row counts of a GEMM: `rows` in all, the first `prefill` of them prompt tokens.
-  struct Rows {
-    int64_t rows = 0;
-    int64_t prefill = 0;
+  // A compressor's fp32 projections of the attention input: kv [rows, coff·Dc] and the gate
+  // scores [rows, coff·Dc] before ape. Made by add_compressor_projections (GEMMs queued in a
+  // list, run with the layer's other input projections), consumed by compress.
+  struct CompressorInput {
+    std::vector<float> kv, score;
   };
-  static Rows all_rows(const StepBatch& b) { return {b.rows(), b.prefill_rows}; }
+  void add_compressor_projections(GemmList& list, const CompressorWeights& cw,
+                                  const StepBatch& batch, const float* x, CompressorInput& in);
+  // Runs a compressor over the batch rows: updates the running state and writes every row
+  // that completes. `indexer` picks the indexer's one.
+  void compress(int64_t layer, const CompressorWeights& cw, bool indexer, const StepBatch& batch,
+                CompressorInput& in);
+  // Chosen compressed rows of every batch row: sel [rows, index_topk] (−1 padded), counts.
+  // q [rows, heads·dim] is wq_b(qr) and w [rows, heads] weights_proj(x), both bf16.
+  void indexer_select(int64_t layer, const StepBatch& batch, float* q, float* w,
+                      CompressorInput& key_input, std::vector<int32_t>& sel,
+                      std::vector<int32_t>& counts, ForwardObserver* obs);
+  void moe(int64_t layer, const StepBatch& batch, const float* x, float* out, ForwardObserver* obs);
   // out [rows, n] = bf16(act_quant(x) · Wᵀ) — the FP8/FP4 linear of the reference.
   void qlinear(const Linear& w, const float* x, Rows rows, int64_t ldx, float* out, int64_t ldo);
   void linear(const Linear& w, const float* x, Rows rows, int64_t ldx, float* out, int64_t ldo,
