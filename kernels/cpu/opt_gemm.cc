@@ -6,9 +6,9 @@
 // fp32 accumulator from +0 that adds the exact products for k = 0, 1, ... one rounding at a
 // time. The AMX path has its own order, fixed by cols alone (opt_gemm_internal.h), and is used
 // for every m where it is used at all. Either way the work is split only over outputs: threads
-// take (64-row weight panel, row chunk) items, and the reduction is cut into chunks whose
-// partial sums go through memory as fp32, which changes nothing. SIMD lanes and tile columns
-// are weight rows, never k.
+// take (64-row weight panel, row chunk) items (a lone fp32-family panel at decode sizes: ranges
+// of its 16-lane groups), and the reduction is cut into chunks whose partial sums go through
+// memory as fp32, which changes nothing. SIMD lanes and tile columns are weight rows, never k.
 #include "kernels/cpu/opt_gemm.h"
 
 #include <omp.h>
@@ -205,10 +205,13 @@ WorkSplit split_work(const GemmParams& p, int threads) {
   return s;
 }
 
-// Writes the item's fp32 sums c[i][lane] to the outputs its lanes own.
-void store_outputs(const GemmParams& p, int64_t panel, int64_t i0, int64_t rows, const float* c) {
-  const int64_t r0 = std::max(panel * kPanel, p.row_begin);
-  const int64_t r1 = std::min((panel + 1) * kPanel, p.row_begin + p.n);
+// Writes the item's fp32 sums c[i][lane] to the outputs its lanes own (of lanes
+// [lane_lo, lane_hi) only, when given).
+void store_outputs(const GemmParams& p, int64_t panel, int64_t i0, int64_t rows, const float* c,
+                   int64_t lane_lo = 0, int64_t lane_hi = kPanel) {
+  const int64_t r0 = std::max(panel * kPanel + lane_lo, p.row_begin);
+  const int64_t r1 = std::min(panel * kPanel + lane_hi, p.row_begin + p.n);
+  if (r1 <= r0) return;
   const size_t count = static_cast<size_t>(r1 - r0);
   for (int64_t i = 0; i < rows; ++i) {
     float* out = p.out + (i0 + i) * p.ldo + (r0 - p.row_begin);
@@ -225,6 +228,46 @@ int resolve_threads(int num_threads) {
   return num_threads > 0 ? num_threads : omp_get_max_threads();
 }
 
+// One panel at decode sizes (m ≤ kMaxDirectRows, e.g. the mHC projections: 24 rows): only the
+// 16-lane groups holding rows the call writes are computed (lanes past W.rows are padding),
+// and with threads ≥ 2 those groups are split over threads as items, every item all m rows.
+// Which groups run together, and on which thread, changes no lane's fma chain.
+void gemm_f32_lane_groups(const GemmParams& p, const PackedView& pw,
+                          gemm_detail::ConvertF32Fn convert, gemm_detail::MicroF32Fn micro,
+                          int64_t panel, int threads) {
+  using gemm_detail::kGroupLanes;
+  const int64_t lane_lo = std::max(p.row_begin - panel * kPanel, int64_t{0});
+  const int64_t lane_hi = std::min(p.row_begin + p.n - panel * kPanel, kPanel);
+  const int64_t g_begin = lane_lo / kGroupLanes;
+  const int64_t groups = ceil_div(lane_hi, kGroupLanes) - g_begin;
+  const int64_t items = std::min<int64_t>(groups, threads);
+  const int64_t cols = pw.cols;
+  const auto run_item = [&](int64_t item) {
+    const int64_t g0 = g_begin + item * groups / items;
+    const int64_t ng = g_begin + (item + 1) * groups / items - g0;
+    float* c = thread_scratch<float>(0, static_cast<size_t>(p.m * kPanel));
+    float* wbuf = thread_scratch<float>(1, static_cast<size_t>(kChunkK * kPanel));
+    for (int64_t k0 = 0; k0 < cols; k0 += kChunkK) {
+      const int64_t kc = std::min(kChunkK, cols - k0);
+      const float* w = wbuf;
+      if (pw.format == WeightFormat::kF32)
+        w = reinterpret_cast<const float*>(pw.panel(panel)) + k0 * kPanel;
+      else
+        convert(pw, panel, k0, kc, wbuf);
+      micro(p.a + k0, p.lda, p.m, w, kc, c, k0 == 0, g0, ng);
+    }
+    store_outputs(p, panel, 0, p.m, c, g0 * kGroupLanes, (g0 + ng) * kGroupLanes);
+  };
+  // One item: no parallel region, whose start and barrier cost more than the item.
+  if (items == 1) {
+    run_item(0);
+    return;
+  }
+  const int region_threads = static_cast<int>(items);
+#pragma omp parallel for num_threads(region_threads) schedule(static)
+  for (int64_t item = 0; item < items; ++item) run_item(item);
+}
+
 void gemm_f32_family(const GemmParams& p, const PackedView& pw, Path path, int threads) {
   gemm_detail::ConvertF32Fn convert = gemm_detail::convert_f32_portable;
   gemm_detail::MicroF32Fn micro = gemm_detail::micro_f32_portable;
@@ -235,6 +278,10 @@ void gemm_f32_family(const GemmParams& p, const PackedView& pw, Path path, int t
   }
   const WorkSplit s = split_work(p, threads);
   const int64_t cols = pw.cols;
+  if (s.num_panels == 1 && p.m <= kMaxDirectRows) {
+    gemm_f32_lane_groups(p, pw, convert, micro, s.first_panel, threads);
+    return;
+  }
   const int64_t items = s.num_panels * s.num_row_chunks;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t item = 0; item < items; ++item) {
@@ -250,7 +297,7 @@ void gemm_f32_family(const GemmParams& p, const PackedView& pw, Path path, int t
         w = reinterpret_cast<const float*>(pw.panel(panel)) + k0 * kPanel;
       else
         convert(pw, panel, k0, kc, wbuf);
-      micro(p.a + i0 * p.lda + k0, p.lda, rows, w, kc, c, k0 == 0);
+      micro(p.a + i0 * p.lda + k0, p.lda, rows, w, kc, c, k0 == 0, 0, gemm_detail::kLaneGroups);
     }
     store_outputs(p, panel, i0, rows, c);
   }
@@ -420,17 +467,20 @@ void convert_f32_portable(const PackedView& pw, int64_t panel, int64_t k0, int64
 }
 
 void micro_f32_portable(const float* a, int64_t lda, int64_t rows, const float* w, int64_t kc,
-                        float* c, bool init) {
+                        float* c, bool init, int64_t g0, int64_t ng) {
+  const int64_t lane0 = g0 * kGroupLanes;
+  const int64_t lanes = ng * kGroupLanes;
   for (int64_t i = 0; i < rows; ++i) {
     float acc[kPanel];
-    for (int64_t lane = 0; lane < kPanel; ++lane) acc[lane] = init ? 0.0f : c[i * kPanel + lane];
+    float* crow = c + i * kPanel + lane0;
+    for (int64_t t = 0; t < lanes; ++t) acc[t] = init ? 0.0f : crow[t];
     const float* arow = a + i * lda;
     for (int64_t k = 0; k < kc; ++k) {
       const float ak = arow[k];
-      const float* wk = w + k * kPanel;
-      for (int64_t lane = 0; lane < kPanel; ++lane) acc[lane] = std::fma(ak, wk[lane], acc[lane]);
+      const float* wk = w + k * kPanel + lane0;
+      for (int64_t t = 0; t < lanes; ++t) acc[t] = std::fma(ak, wk[t], acc[t]);
     }
-    std::memcpy(c + i * kPanel, acc, sizeof(acc));
+    std::memcpy(crow, acc, sizeof(float) * static_cast<size_t>(lanes));
   }
 }
 

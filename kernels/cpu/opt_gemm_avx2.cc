@@ -9,8 +9,6 @@
 namespace moerun::kernels::gemm_detail {
 namespace {
 
-constexpr int kGroupLanes = 16;
-
 template <int MR>
 void block_f32(const float* a, int64_t lda, const float* w, int64_t kc, float* c, bool init) {
   __m256 acc[MR][2];
@@ -38,8 +36,8 @@ void block_f32(const float* a, int64_t lda, const float* w, int64_t kc, float* c
 }  // namespace
 
 void micro_f32_avx2(const float* a, int64_t lda, int64_t rows, const float* w, int64_t kc, float* c,
-                    bool init) {
-  for (int64_t g = 0; g < kPanel; g += kGroupLanes) {
+                    bool init, int64_t g0, int64_t ng) {
+  for (int64_t g = g0 * kGroupLanes; g < (g0 + ng) * kGroupLanes; g += kGroupLanes) {
     int64_t i = 0;
     for (; i + kMaxRowsBlock <= rows; i += kMaxRowsBlock)
       block_f32<kMaxRowsBlock>(a + i * lda, lda, w + g, kc, c + i * kPanel + g, init);

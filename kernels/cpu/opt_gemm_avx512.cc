@@ -1,7 +1,7 @@
 // AVX-512F/BW/DQ/VL pieces of the optimized GEMM (opt_gemm_internal.h): the fp32 FMA
-// microkernel (lanes = 64 weight rows in 4 zmm, a register block of up to 6 activation rows),
-// the packed-weight → fp32 conversion, activations → bf16 pairs, and act_quant /
-// fp4_act_quant row by row. Compiled with -mavx512f -mavx512bw -mavx512dq -mavx512vl and only
+// microkernel (lanes = 64 weight rows in 4 zmm, or a range of those zmm, a register block of up to
+// 6 activation rows), the packed-weight → fp32 conversion, activations → bf16 pairs, and act_quant
+// / fp4_act_quant row by row. Compiled with -mavx512f -mavx512bw -mavx512dq -mavx512vl and only
 // called when cpu_features() reports AVX-512.
 #include <immintrin.h>
 
@@ -14,32 +14,33 @@
 namespace moerun::kernels::gemm_detail {
 namespace {
 
-constexpr int kLaneVecs = kPanel / 16;  // zmm per panel row
+constexpr int kLaneVecs = static_cast<int>(kLaneGroups);  // zmm per panel row
 
-template <int MR>
+// NV zmm of lanes (the panel's 16-lane groups the caller offset w and c to).
+template <int MR, int NV>
 void block_f32(const float* a, int64_t lda, const float* w, int64_t kc, float* c, bool init) {
-  __m512 acc[MR][kLaneVecs];
+  __m512 acc[MR][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-    for (int q = 0; q < kLaneVecs; ++q)
+    for (int q = 0; q < NV; ++q)
       acc[r][q] = init ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * kPanel + q * 16);
   for (int64_t k = 0; k < kc; ++k) {
     const float* wk = w + k * kPanel;
-    __m512 wv[kLaneVecs];
+    __m512 wv[NV];
 #pragma GCC unroll 4
-    for (int q = 0; q < kLaneVecs; ++q) wv[q] = _mm512_load_ps(wk + q * 16);
+    for (int q = 0; q < NV; ++q) wv[q] = _mm512_load_ps(wk + q * 16);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const __m512 b = _mm512_set1_ps(a[r * lda + k]);
 #pragma GCC unroll 4
-      for (int q = 0; q < kLaneVecs; ++q) acc[r][q] = _mm512_fmadd_ps(b, wv[q], acc[r][q]);
+      for (int q = 0; q < NV; ++q) acc[r][q] = _mm512_fmadd_ps(b, wv[q], acc[r][q]);
     }
   }
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-    for (int q = 0; q < kLaneVecs; ++q) _mm512_storeu_ps(c + r * kPanel + q * 16, acc[r][q]);
+    for (int q = 0; q < NV; ++q) _mm512_storeu_ps(c + r * kPanel + q * 16, acc[r][q]);
 }
 
 // e8m0 bytes (16 lanes, zero-extended) → fp32 2^(s−127); s = 0 is the subnormal 2^-127.
@@ -64,30 +65,54 @@ __m512 e4m3_to_f32x16(__m512i d, __m512 subnormal) {
   return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(v), sign));
 }
 
-}  // namespace
-
-void micro_f32_avx512(const float* a, int64_t lda, int64_t rows, const float* w, int64_t kc,
-                      float* c, bool init) {
+// Rows in register blocks of up to kMaxRowsBlock, NV zmm of lanes each.
+template <int NV>
+void micro_rows(const float* a, int64_t lda, int64_t rows, const float* w, int64_t kc, float* c,
+                bool init) {
   int64_t i = 0;
   for (; i + kMaxRowsBlock <= rows; i += kMaxRowsBlock)
-    block_f32<kMaxRowsBlock>(a + i * lda, lda, w, kc, c + i * kPanel, init);
+    block_f32<kMaxRowsBlock, NV>(a + i * lda, lda, w, kc, c + i * kPanel, init);
   const float* ar = a + i * lda;
   float* cr = c + i * kPanel;
   switch (rows - i) {
     case 5:
-      block_f32<5>(ar, lda, w, kc, cr, init);
+      block_f32<5, NV>(ar, lda, w, kc, cr, init);
       break;
     case 4:
-      block_f32<4>(ar, lda, w, kc, cr, init);
+      block_f32<4, NV>(ar, lda, w, kc, cr, init);
       break;
     case 3:
-      block_f32<3>(ar, lda, w, kc, cr, init);
+      block_f32<3, NV>(ar, lda, w, kc, cr, init);
       break;
     case 2:
-      block_f32<2>(ar, lda, w, kc, cr, init);
+      block_f32<2, NV>(ar, lda, w, kc, cr, init);
       break;
     case 1:
-      block_f32<1>(ar, lda, w, kc, cr, init);
+      block_f32<1, NV>(ar, lda, w, kc, cr, init);
+      break;
+    default:
+      break;
+  }
+}
+
+}  // namespace
+
+void micro_f32_avx512(const float* a, int64_t lda, int64_t rows, const float* w, int64_t kc,
+                      float* c, bool init, int64_t g0, int64_t ng) {
+  w += g0 * kGroupLanes;
+  c += g0 * kGroupLanes;
+  switch (ng) {
+    case 4:
+      micro_rows<4>(a, lda, rows, w, kc, c, init);
+      break;
+    case 3:
+      micro_rows<3>(a, lda, rows, w, kc, c, init);
+      break;
+    case 2:
+      micro_rows<2>(a, lda, rows, w, kc, c, init);
+      break;
+    case 1:
+      micro_rows<1>(a, lda, rows, w, kc, c, init);
       break;
     default:
       break;

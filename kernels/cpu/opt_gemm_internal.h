@@ -59,18 +59,23 @@ struct PackedView {
 using ConvertF32Fn = void (*)(const PackedView& pw, int64_t panel, int64_t k0, int64_t kc,
                               float* w);
 // c[i][lane] (ldc = 64) = fma-chain over k0..k0+kc of a[i][k]·w[k][lane], starting from c
-// (or +0 when init), for i < rows; a points at column k0 of row 0.
+// (or +0 when init), for i < rows and the lanes of 16-lane groups [g0, g0 + ng) only (the
+// whole panel: g0 = 0, ng = kLaneGroups; other lanes of c are left alone); a points at column
+// k0 of row 0, w and c at lane 0 of the panel. Each lane's chain is the same whatever the
+// group range.
+inline constexpr int64_t kGroupLanes = 16;                    // lanes per group (one zmm)
+inline constexpr int64_t kLaneGroups = kPanel / kGroupLanes;  // groups per panel
 using MicroF32Fn = void (*)(const float* a, int64_t lda, int64_t rows, const float* w, int64_t kc,
-                            float* c, bool init);
+                            float* c, bool init, int64_t g0, int64_t ng);
 
 void convert_f32_portable(const PackedView& pw, int64_t panel, int64_t k0, int64_t kc, float* w);
 void micro_f32_portable(const float* a, int64_t lda, int64_t rows, const float* w, int64_t kc,
-                        float* c, bool init);
+                        float* c, bool init, int64_t g0, int64_t ng);
 void micro_f32_avx2(const float* a, int64_t lda, int64_t rows, const float* w, int64_t kc, float* c,
-                    bool init);
+                    bool init, int64_t g0, int64_t ng);
 void convert_f32_avx512(const PackedView& pw, int64_t panel, int64_t k0, int64_t kc, float* w);
 void micro_f32_avx512(const float* a, int64_t lda, int64_t rows, const float* w, int64_t kc,
-                      float* c, bool init);
+                      float* c, bool init, int64_t g0, int64_t ng);
 
 // ---- decode (AVX-512-BF16) -----------------------------------------------------------------
 // Activations as bf16 pairs, one uint32 per k-pair, odd-first like the weights:

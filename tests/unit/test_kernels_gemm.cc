@@ -336,6 +336,39 @@ TEST_P(GemmContract, EveryPathMatchesTheScalarOrder) {
   }
 }
 
+// A lone fp32 panel at decode sizes (the mHC projections: 24 rows) computes only the 16-lane
+// groups with real rows and splits them over threads; the outputs keep the scalar order.
+TEST(GemmContractF32, SinglePanelLaneGroups) {
+  constexpr int64_t kCols = 1027;  // more than one reduction chunk
+  for (const int64_t rows : {1, 15, 16, 17, 24, 33, 48, 63}) {
+    const auto w = make_weight(WeightFormat::kF32, rows, kCols, 300 + static_cast<uint32_t>(rows));
+    const auto pack = opt_pack_weight(w->view);
+    ASSERT_NE(pack, nullptr);
+    for (const Level& level : available_levels()) {
+      int idx = 0;
+      for (const int64_t m : {1, 2, 4}) {
+        for (const int threads : {1, 2}) {
+          Case c;
+          c.m = m;
+          c.n = rows;
+          c.threads = threads;
+          c.round_bf16 = idx % 2 == 1;
+          c.packed = idx % 3 != 2;
+          c.ldo_pad = idx % 4 == 3 ? 3 : 0;
+          check_case(level, *w, pack.get(), c, static_cast<uint32_t>(5000 + rows * 16 + idx));
+          if (rows > 2) {  // a slice starting mid-panel
+            c.row_begin = rows / 2;
+            c.n = rows - rows / 2;
+            check_case(level, *w, pack.get(), c, static_cast<uint32_t>(7000 + rows * 16 + idx));
+          }
+          ++idx;
+        }
+      }
+      if (HasFailure()) return;
+    }
+  }
+}
+
 // (c) A row of a batch equals the same row computed alone, on every path.
 TEST_P(GemmContract, BatchInvariance) {
   const FormatCols fc = kFormats[GetParam()];
