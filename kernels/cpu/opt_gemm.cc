@@ -187,17 +187,32 @@ struct WorkSplit {
   int64_t num_row_chunks = 0;
 };
 
+// The weight panels [first, end) that hold rows [row_begin, row_begin + n) of a call.
+int64_t first_panel_of(const GemmParams& p) {
+  return p.row_begin / kPanel;
+}
+int64_t end_panel_of(const GemmParams& p) {
+  return ceil_div(p.row_begin + p.n, kPanel);
+}
+
+// How many row chunks to cut m into: items of at most max_item_rows rows, and with too few
+// panels to keep every thread busy twice over, finer (down to min_item_rows rows), which
+// duplicates only the weight conversion.
+int64_t row_chunk_count(const GemmParams& p, int64_t num_panels, int threads, int64_t max_item_rows,
+                        int64_t min_item_rows) {
+  int64_t chunks = ceil_div(p.m, max_item_rows);
+  if (num_panels * chunks < 2 * threads) {
+    const int64_t want = ceil_div(2 * threads, num_panels);
+    chunks = std::max<int64_t>(chunks, std::min(want, ceil_div(p.m, min_item_rows)));
+  }
+  return chunks;
+}
+
 WorkSplit split_work(const GemmParams& p, int threads) {
   WorkSplit s;
-  s.first_panel = p.row_begin / kPanel;
-  s.num_panels = ceil_div(p.row_begin + p.n, kPanel) - s.first_panel;
-  int64_t chunks = ceil_div(p.m, kMaxItemRows);
-  // Too few panels to keep every thread busy twice over: cut the rows finer (down to one
-  // register block), which duplicates only the weight conversion.
-  if (s.num_panels * chunks < 2 * threads) {
-    const int64_t want = ceil_div(2 * threads, s.num_panels);
-    chunks = std::max<int64_t>(chunks, std::min(want, ceil_div(p.m, kMaxRowsBlock)));
-  }
+  s.first_panel = first_panel_of(p);
+  s.num_panels = end_panel_of(p) - s.first_panel;
+  const int64_t chunks = row_chunk_count(p, s.num_panels, threads, kMaxItemRows, kMaxRowsBlock);
   int64_t rows = ceil_div(p.m, chunks);
   if (rows > kMaxDirectRows) rows = ceil_div(rows, kMaxRowsBlock) * kMaxRowsBlock;
   s.row_chunk = rows;
@@ -309,8 +324,8 @@ void gemm_bf16_direct(const GemmParams& p, const PackedView& pw, bool vbmi, int 
   const int64_t kp_n = pw.kpairs;
   uint32_t* a_pairs = thread_scratch<uint32_t>(2, static_cast<size_t>(p.m * kp_n));
   gemm_detail::pairs_from_f32_avx512(p.a, p.lda, p.m, pw.cols, kp_n, a_pairs);
-  const int64_t first_panel = p.row_begin / kPanel;
-  const int64_t num_panels = ceil_div(p.row_begin + p.n, kPanel) - first_panel;
+  const int64_t first_panel = first_panel_of(p);
+  const int64_t num_panels = end_panel_of(p) - first_panel;
   const auto run_panel = [&](int64_t idx) {
     const int64_t panel = first_panel + idx;
     float* c = thread_scratch<float>(0, static_cast<size_t>(p.m * kPanel));
@@ -335,13 +350,9 @@ void gemm_bf16_direct(const GemmParams& p, const PackedView& pw, bool vbmi, int 
 WorkSplit split_work_amx(const GemmParams& p, int threads) {
   constexpr int64_t kTile = gemm_detail::kAmxTileRows;
   WorkSplit s;
-  s.first_panel = p.row_begin / kPanel;
-  s.num_panels = ceil_div(p.row_begin + p.n, kPanel) - s.first_panel;
-  int64_t chunks = ceil_div(p.m, kMaxAmxItemRows);
-  if (s.num_panels * chunks < 2 * threads) {
-    const int64_t want = ceil_div(2 * threads, s.num_panels);
-    chunks = std::max<int64_t>(chunks, std::min(want, ceil_div(p.m, 2 * kTile)));
-  }
+  s.first_panel = first_panel_of(p);
+  s.num_panels = end_panel_of(p) - s.first_panel;
+  const int64_t chunks = row_chunk_count(p, s.num_panels, threads, kMaxAmxItemRows, 2 * kTile);
   const int64_t rows = ceil_div(p.m, chunks);
   s.row_chunk = rows <= kTile ? kTile : ceil_div(rows, 2 * kTile) * 2 * kTile;
   s.num_row_chunks = ceil_div(p.m, s.row_chunk);
@@ -412,8 +423,7 @@ const PackedGemmWeight* resolve_pack(const GemmParams& p,
                                      std::unique_ptr<PackedGemmWeight>& temporary) {
   const PackedGemmWeight* packed = checked_pack(p);
   if (packed != nullptr) return packed;
-  temporary = std::make_unique<PackedGemmWeight>(p.w, p.row_begin / kPanel,
-                                                 ceil_div(p.row_begin + p.n, kPanel));
+  temporary = std::make_unique<PackedGemmWeight>(p.w, first_panel_of(p), end_panel_of(p));
   return temporary.get();
 }
 
@@ -560,9 +570,7 @@ void opt_gemm_batch(const GemmParams* ps, size_t n, const CpuFeatures& f, int nu
     const DirectCall& d = direct[c];
     gemm_detail::pairs_from_f32_avx512(d.p->a, d.p->lda, d.p->m, d.pw->cols, d.pw->kpairs,
                                        pairs + d.pairs_offset);
-    const int64_t first_panel = d.p->row_begin / kPanel;
-    const int64_t end_panel = ceil_div(d.p->row_begin + d.p->n, kPanel);
-    for (int64_t panel = first_panel; panel < end_panel; ++panel)
+    for (int64_t panel = first_panel_of(*d.p); panel < end_panel_of(*d.p); ++panel)
       items.push_back({static_cast<int32_t>(c), static_cast<int32_t>(panel)});
   }
   // The lists by pointer: inside the region each thread's `direct` and `items` would name its
