@@ -145,7 +145,7 @@ std::vector<StepResult> Engine::step_ordered(const std::vector<StepRequest>& req
   std::vector<StepResult> results(requests.size());
   try {
     std::vector<float> h(static_cast<size_t>(batch.rows() * hc * d));
-    model_->embed(batch, h.data());
+    model_->embed(batch, h.data(), hc);
     model_->run_layers(batch, h.data(), 0, c.num_hidden_layers, obs);
 
     std::vector<int64_t> rows;
@@ -171,7 +171,7 @@ std::vector<StepResult> Engine::step_ordered(const std::vector<StepRequest>& req
       const int64_t ml = c.num_hidden_layers;  // the (first) MTP block
       model::StepBatch mb;
       std::vector<float> hm;
-      std::vector<kv::SequenceKv*> owners;
+      std::vector<int64_t> mtp_segment(requests.size(), -1);  // index into mb.segments
       for (size_t i = 0; i < requests.size(); ++i) {
         model::Segment seg = batch.segments[i];
         model::Segment ms;
@@ -190,24 +190,22 @@ std::vector<StepResult> Engine::step_ordered(const std::vector<StepRequest>& req
           hm.insert(hm.end(), hr, hr + hc * d);
         }
         ms.count = mb.rows() - ms.begin;
-        ms.start = ms.count > 0 ? mb.positions[ms.begin] : 0;
-        results[i].mtp_first_position = ms.start;
-        if (ms.count > 0) mb.segments.push_back(ms);
+        if (ms.count > 0) {
+          ms.start = mb.positions[ms.begin];
+          mtp_segment[i] = static_cast<int64_t>(mb.segments.size());
+          mb.segments.push_back(ms);
+        }
         if (requests[i].phase == kernels::RowPhase::kPrefill) mb.prefill_rows = mb.rows();
       }
       std::vector<int64_t> mrows;
-      std::vector<size_t> owner_of;
       if (mb.rows() > 0) {
         std::vector<float> x(static_cast<size_t>(mb.rows() * hc * d));
         model_->mtp_input(mb, hm.data(), ml, x.data());
         if (obs) obs->mtp_input(mb, x.data());
         model_->run_layers(mb, x.data(), ml, ml + 1, obs);
-        size_t si = 0;
         for (size_t i = 0; i < requests.size(); ++i) {
-          const int64_t n =
-              (batch.segments[i].kv->mtp_pending ? 1 : 0) + batch.segments[i].count - 1;
-          if (n <= 0) continue;
-          const model::Segment& ms = mb.segments[si++];
+          if (mtp_segment[i] < 0) continue;
+          const model::Segment& ms = mb.segments[static_cast<size_t>(mtp_segment[i])];
           const int64_t want = requests[i].all_logits ? ms.count : 1;
           results[i].mtp_first_position = ms.start + ms.count - want;
           results[i].mtp_rows = want;

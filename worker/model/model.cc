@@ -81,15 +81,14 @@ void Model::qlinear(const Linear& w, const float* x, Rows rows, int64_t ldx, flo
   linear(w, xq.data(), rows, w.view.cols, out, ldo, true);
 }
 
-void Model::embed(const StepBatch& batch, float* h) const {
-  const ModelConfig& c = config();
-  const int64_t d = c.hidden_size, hc = c.hc_mult;
+void Model::embed(const StepBatch& batch, float* h, int64_t copies) const {
+  const int64_t d = config().hidden_size;
   MOERUN_CHECK(w_.embed != nullptr, "this process holds no embedding table");
   for (int64_t i = 0; i < batch.rows(); ++i) {
     const uint16_t* e = w_.embed + static_cast<int64_t>(batch.tokens[i]) * d;
-    float* row = h + i * hc * d;
+    float* row = h + i * copies * d;
     for (int64_t k = 0; k < d; ++k) row[k] = numfmt::bf16_to_f32(e[k]);
-    for (int64_t j = 1; j < hc; ++j) std::memcpy(row + j * d, row, sizeof(float) * d);
+    for (int64_t j = 1; j < copies; ++j) std::memcpy(row + j * d, row, sizeof(float) * d);
   }
 }
 
@@ -193,10 +192,10 @@ void Model::mtp_input(const StepBatch& batch, const float* h_main, int64_t mtp_l
   const LayerWeights& lw = w_.layer(mtp_layer);
   const int64_t rows = batch.rows(), hc = c.hc_mult, d = c.hidden_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
-  std::vector<float> e(static_cast<size_t>(rows * hc * d));
-  embed(batch, e.data());  // rows × hc copies; only the first copy is used
+  std::vector<float> e(static_cast<size_t>(rows * d));
+  embed(batch, e.data(), 1);
   std::vector<float> en(static_cast<size_t>(rows * d)), ep(static_cast<size_t>(rows * d));
-  k_.rmsnorm(e.data(), hc * d, rows, d, lw.enorm.data(), eps, en.data(), d);
+  k_.rmsnorm(e.data(), d, rows, d, lw.enorm.data(), eps, en.data(), d);
   qlinear(lw.e_proj, en.data(), all_rows(batch), d, ep.data(), d);
   std::vector<float> hn(static_cast<size_t>(rows * hc * d));
   k_.rmsnorm(h_main, d, rows * hc, d, lw.hnorm.data(), eps, hn.data(), d);

@@ -82,8 +82,9 @@ class Model {
   const ModelConfig& config() const { return w_.config(); }
   kernels::Kernels& kernels() { return k_; }
 
-  // h [rows, hc, dim] ← the embedding of batch.tokens, repeated hc times.
-  void embed(const StepBatch& batch, float* h) const;
+  // h [rows, copies, dim] ← the embedding of batch.tokens, repeated `copies` times (the
+  // residual stream has hc copies).
+  void embed(const StepBatch& batch, float* h, int64_t copies) const;
   // Runs blocks [layer_begin, layer_end) over h [rows, hc, dim] in place, reading and
   // updating the segments' KV state.
   void run_layers(const StepBatch& batch, float* h, int64_t layer_begin, int64_t layer_end,
