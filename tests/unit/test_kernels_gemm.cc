@@ -227,6 +227,23 @@ RowError row_error(const float* got, const float* ref, int64_t n) {
   return {max_err / std::max(max_ref, 1e-30), std::sqrt(sum_err / std::max(sum_ref, 1e-60))};
 }
 
+// A call over rows [row_begin, row_begin + n) of w with a dense output (sentinel-filled).
+GemmParams gemm_params(const TestWeight& w, const std::vector<float>& a, int64_t lda, int64_t m,
+                       int64_t row_begin, int64_t n, bool round_bf16, std::vector<float>& out) {
+  out.assign(static_cast<size_t>(m * n), -12345.0f);
+  GemmParams p;
+  p.a = a.data();
+  p.lda = lda;
+  p.m = m;
+  p.w = w.view;
+  p.row_begin = row_begin;
+  p.n = n;
+  p.out = out.data();
+  p.ldo = n;
+  p.round_bf16 = round_bf16;
+  return p;
+}
+
 // One GEMM call's shape and options.
 struct Case {
   int64_t m = 1;
@@ -379,17 +396,8 @@ TEST_P(GemmContract, BatchInvariance) {
     for (const int64_t m : {int64_t{5}, int64_t{37}, int64_t{256}}) {
       const std::vector<float> a = make_activations(fc.format, m, cols, cols, 7);
       const int64_t n = 300;
-      std::vector<float> batch(static_cast<size_t>(m * n));
-      GemmParams p;
-      p.a = a.data();
-      p.lda = cols;
-      p.m = m;
-      p.w = w->view;
-      p.row_begin = 3;
-      p.n = n;
-      p.out = batch.data();
-      p.ldo = n;
-      p.round_bf16 = true;
+      std::vector<float> batch;
+      GemmParams p = gemm_params(*w, a, cols, m, 3, n, true, batch);
       p.packed = pack.get();
       opt_gemm(p, level.features, 2);
       for (int64_t i = 0; i < m; i += (m > 40 ? 13 : 1)) {
@@ -420,20 +428,10 @@ TEST_P(GemmContract, CloseToReference) {
       const int64_t m = 19;
       const int64_t n = 257;
       const std::vector<float> a = make_activations(fc.format, m, cols, cols, 11);
-      std::vector<float> got(static_cast<size_t>(m * n));
-      std::vector<float> ref(static_cast<size_t>(m * n));
-      GemmParams p;
-      p.a = a.data();
-      p.lda = cols;
-      p.m = m;
-      p.w = w->view;
-      p.row_begin = 100;
-      p.n = n;
-      p.ldo = n;
-      p.round_bf16 = round_bf16;
-      p.out = ref.data();
+      std::vector<float> got, ref;
+      GemmParams p = gemm_params(*w, a, cols, m, 100, n, round_bf16, ref);
       ReferenceKernels().gemm(p);
-      p.out = got.data();
+      p = gemm_params(*w, a, cols, m, 100, n, round_bf16, got);
       p.packed = pack.get();
       opt_gemm(p, best.features, 2);
       const tolerance::Tolerance tol =
@@ -459,22 +457,6 @@ INSTANTIATE_TEST_SUITE_P(Formats, GemmContract, ::testing::Range(0, 4),
 // The CPU's features with AMX on (the GEMM then uses it for bf16/FP8/FP4 weights).
 CpuFeatures amx_features() {
   return available_levels().back().features;
-}
-
-GemmParams amx_params(const TestWeight& w, const std::vector<float>& a, int64_t lda, int64_t m,
-                      int64_t row_begin, int64_t n, bool round_bf16, std::vector<float>& out) {
-  out.assign(static_cast<size_t>(m * n), -12345.0f);
-  GemmParams p;
-  p.a = a.data();
-  p.lda = lda;
-  p.m = m;
-  p.w = w.view;
-  p.row_begin = row_begin;
-  p.n = n;
-  p.out = out.data();
-  p.ldo = n;
-  p.round_bf16 = round_bf16;
-  return p;
 }
 
 // The bf16-hardware formats with a small and a large reduction (odd k-pair counts, a partial
@@ -505,9 +487,9 @@ TEST_P(GemmAmx, CloseToReference) {
       const int64_t n = 257;
       const std::vector<float> a = make_activations(fc.format, m, cols, cols, 11);
       std::vector<float> got, ref;
-      GemmParams p = amx_params(*w, a, cols, m, 100, n, round_bf16, ref);
+      GemmParams p = gemm_params(*w, a, cols, m, 100, n, round_bf16, ref);
       ReferenceKernels().gemm(p);
-      p = amx_params(*w, a, cols, m, 100, n, round_bf16, got);
+      p = gemm_params(*w, a, cols, m, 100, n, round_bf16, got);
       p.packed = pack.get();
       opt_gemm(p, amx_features(), 2);
       const tolerance::Tolerance tol =
@@ -546,7 +528,7 @@ TEST_P(GemmAmx, BatchInvariance) {
     std::vector<float> alone(static_cast<size_t>(total * n));
     for (int64_t i = 0; i < total; ++i) {
       std::vector<float> row;
-      GemmParams q = amx_params(*w, a, lda, 1, row_begin, n, true, row);
+      GemmParams q = gemm_params(*w, a, lda, 1, row_begin, n, true, row);
       q.a = a.data() + i * lda;
       q.packed = pack.get();
       opt_gemm(q, amx_features(), 1);
@@ -565,7 +547,7 @@ TEST_P(GemmAmx, BatchInvariance) {
                              {13, 255, 3, true}, {44, 256, 2, true}, {299, 1, 1, false}};
     for (const Batch& b : batches) {
       std::vector<float> out;
-      GemmParams p = amx_params(*w, a, lda, b.m, row_begin, n, true, out);
+      GemmParams p = gemm_params(*w, a, lda, b.m, row_begin, n, true, out);
       p.a = a.data() + b.first * lda;
       p.packed = b.packed ? pack.get() : nullptr;
       opt_gemm(p, amx_features(), b.threads);
@@ -589,10 +571,10 @@ TEST_P(GemmAmx, ThreadsAndPackingDoNotMatter) {
   for (const int64_t m : {int64_t{1}, int64_t{3}, int64_t{50}}) {
     const std::vector<float> a = make_activations(fc.format, m, cols, cols, 43);
     std::vector<float> one, two;
-    GemmParams p = amx_params(*w, a, cols, m, 131, 301, false, one);
+    GemmParams p = gemm_params(*w, a, cols, m, 131, 301, false, one);
     p.packed = pack.get();
     opt_gemm(p, amx_features(), 1);
-    p = amx_params(*w, a, cols, m, 131, 301, false, two);
+    p = gemm_params(*w, a, cols, m, 131, 301, false, two);
     opt_gemm(p, amx_features(), 2);
     const std::string diff = first_mismatches(two, one, m, 301, 301);
     EXPECT_TRUE(diff.empty()) << format_name(fc.format) << " m=" << m << "\n" << diff;
