@@ -243,6 +243,23 @@ int resolve_threads(int num_threads) {
   return num_threads > 0 ? num_threads : omp_get_max_threads();
 }
 
+// The fp32 family's sums of one panel: c [rows, kPanel] over every K chunk in order, for
+// lane groups [g0, g0 + ng). fp32 weights are read in place, the others converted per chunk.
+void panel_sums(const PackedView& pw, int64_t panel, gemm_detail::ConvertF32Fn convert,
+                gemm_detail::MicroF32Fn micro, const float* a, int64_t lda, int64_t rows,
+                int64_t g0, int64_t ng, float* c) {
+  float* wbuf = thread_scratch<float>(1, static_cast<size_t>(kChunkK * kPanel));
+  for (int64_t k0 = 0; k0 < pw.cols; k0 += kChunkK) {
+    const int64_t kc = std::min(kChunkK, pw.cols - k0);
+    const float* w = wbuf;
+    if (pw.format == WeightFormat::kF32)
+      w = reinterpret_cast<const float*>(pw.panel(panel)) + k0 * kPanel;
+    else
+      convert(pw, panel, k0, kc, wbuf);
+    micro(a + k0, lda, rows, w, kc, c, k0 == 0, g0, ng);
+  }
+}
+
 // One panel at decode sizes (m ≤ kMaxDirectRows, e.g. the mHC projections: 24 rows): only the
 // 16-lane groups holding rows the call writes are computed (lanes past W.rows are padding),
 // and with threads ≥ 2 those groups are split over threads as items, every item all m rows.
@@ -256,21 +273,11 @@ void gemm_f32_lane_groups(const GemmParams& p, const PackedView& pw,
   const int64_t g_begin = lane_lo / kGroupLanes;
   const int64_t groups = ceil_div(lane_hi, kGroupLanes) - g_begin;
   const int64_t items = std::min<int64_t>(groups, threads);
-  const int64_t cols = pw.cols;
   const auto run_item = [&](int64_t item) {
     const int64_t g0 = g_begin + item * groups / items;
     const int64_t ng = g_begin + (item + 1) * groups / items - g0;
     float* c = thread_scratch<float>(0, static_cast<size_t>(p.m * kPanel));
-    float* wbuf = thread_scratch<float>(1, static_cast<size_t>(kChunkK * kPanel));
-    for (int64_t k0 = 0; k0 < cols; k0 += kChunkK) {
-      const int64_t kc = std::min(kChunkK, cols - k0);
-      const float* w = wbuf;
-      if (pw.format == WeightFormat::kF32)
-        w = reinterpret_cast<const float*>(pw.panel(panel)) + k0 * kPanel;
-      else
-        convert(pw, panel, k0, kc, wbuf);
-      micro(p.a + k0, p.lda, p.m, w, kc, c, k0 == 0, g0, ng);
-    }
+    panel_sums(pw, panel, convert, micro, p.a, p.lda, p.m, g0, ng, c);
     store_outputs(p, panel, 0, p.m, c, g0 * kGroupLanes, (g0 + ng) * kGroupLanes);
   };
   // One item: no parallel region, whose start and barrier cost more than the item.
@@ -292,7 +299,6 @@ void gemm_f32_family(const GemmParams& p, const PackedView& pw, Path path, int t
     micro = gemm_detail::micro_f32_avx512;
   }
   const WorkSplit s = split_work(p, threads);
-  const int64_t cols = pw.cols;
   if (s.num_panels == 1 && p.m <= kMaxDirectRows) {
     gemm_f32_lane_groups(p, pw, convert, micro, s.first_panel, threads);
     return;
@@ -304,16 +310,8 @@ void gemm_f32_family(const GemmParams& p, const PackedView& pw, Path path, int t
     const int64_t i0 = item / s.num_panels * s.row_chunk;
     const int64_t rows = std::min(s.row_chunk, p.m - i0);
     float* c = thread_scratch<float>(0, static_cast<size_t>(rows * kPanel));
-    float* wbuf = thread_scratch<float>(1, static_cast<size_t>(kChunkK * kPanel));
-    for (int64_t k0 = 0; k0 < cols; k0 += kChunkK) {
-      const int64_t kc = std::min(kChunkK, cols - k0);
-      const float* w = wbuf;
-      if (pw.format == WeightFormat::kF32)
-        w = reinterpret_cast<const float*>(pw.panel(panel)) + k0 * kPanel;
-      else
-        convert(pw, panel, k0, kc, wbuf);
-      micro(p.a + i0 * p.lda + k0, p.lda, rows, w, kc, c, k0 == 0, 0, gemm_detail::kLaneGroups);
-    }
+    panel_sums(pw, panel, convert, micro, p.a + i0 * p.lda, p.lda, rows, 0,
+               gemm_detail::kLaneGroups, c);
     store_outputs(p, panel, i0, rows, c);
   }
 }
