@@ -417,15 +417,15 @@ TEST_P(GemmContract, BatchInvariance) {
   }
 }
 
-// (b) Against the reference (double sums) within kernels/tolerance.h.
-TEST_P(GemmContract, CloseToReference) {
-  const FormatCols fc = kFormats[GetParam()];
-  const Level best = available_levels().back();
+// The optimized GEMM at `features` against the reference (double sums) within the GEMM
+// tolerances, for both reductions of `fc`, with fp32 and bf16 outputs, rows [100, 357) of the
+// weight; worst[round_bf16] collects the largest {rel_max, rel_l2} seen.
+void expect_close_to_reference(const FormatCols& fc, const CpuFeatures& features, int64_t m,
+                               const std::string& label, double worst[2][2]) {
   for (const int64_t cols : {fc.small_cols, fc.large_cols}) {
     const auto w = make_weight(fc.format, kWeightRows, cols, 5);
     const auto pack = opt_pack_weight(w->view);
     for (const bool round_bf16 : {false, true}) {
-      const int64_t m = 19;
       const int64_t n = 257;
       const std::vector<float> a = make_activations(fc.format, m, cols, cols, 11);
       std::vector<float> got, ref;
@@ -433,18 +433,28 @@ TEST_P(GemmContract, CloseToReference) {
       ReferenceKernels().gemm(p);
       p = gemm_params(*w, a, cols, m, 100, n, round_bf16, got);
       p.packed = pack.get();
-      opt_gemm(p, best.features, 2);
+      opt_gemm(p, features, 2);
       const tolerance::Tolerance tol =
           round_bf16 ? tolerance::kGemmBf16Out : tolerance::kGemmF32Out;
       for (int64_t i = 0; i < m; ++i) {
         const auto [rel_max, rel_l2] = row_error(got.data() + i * n, ref.data() + i * n, n);
+        worst[round_bf16][0] = std::max(worst[round_bf16][0], rel_max);
+        worst[round_bf16][1] = std::max(worst[round_bf16][1], rel_l2);
         EXPECT_LE(rel_max, tol.rel_max)
-            << best.name << " " << format_name(fc.format) << " cols=" << cols << " row " << i;
-        EXPECT_LE(rel_l2, tol.rel_l2)
-            << best.name << " " << format_name(fc.format) << " cols=" << cols << " row " << i;
+            << label << " " << format_name(fc.format) << " cols=" << cols << " row " << i
+            << " round_bf16=" << round_bf16;
+        EXPECT_LE(rel_l2, tol.rel_l2) << label << " " << format_name(fc.format) << " cols=" << cols
+                                      << " row " << i << " round_bf16=" << round_bf16;
       }
     }
   }
+}
+
+// (b) Against the reference (double sums) within kernels/tolerance.h.
+TEST_P(GemmContract, CloseToReference) {
+  const Level best = available_levels().back();
+  double worst[2][2] = {};
+  expect_close_to_reference(kFormats[GetParam()], best.features, 19, best.name, worst);
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, GemmContract, ::testing::Range(0, 4),
@@ -479,32 +489,7 @@ class GemmAmx : public ::testing::TestWithParam<int> {
 TEST_P(GemmAmx, CloseToReference) {
   const FormatCols fc = kAmxFormats[GetParam()];
   double worst[2][2] = {};  // [round_bf16][rel_max, rel_l2]
-  for (const int64_t cols : {fc.small_cols, fc.large_cols}) {
-    const auto w = make_weight(fc.format, kWeightRows, cols, 5);
-    const auto pack = opt_pack_weight(w->view);
-    for (const bool round_bf16 : {false, true}) {
-      const int64_t m = 37;
-      const int64_t n = 257;
-      const std::vector<float> a = make_activations(fc.format, m, cols, cols, 11);
-      std::vector<float> got, ref;
-      GemmParams p = gemm_params(*w, a, cols, m, 100, n, round_bf16, ref);
-      ReferenceKernels().gemm(p);
-      p = gemm_params(*w, a, cols, m, 100, n, round_bf16, got);
-      p.packed = pack.get();
-      opt_gemm(p, amx_features(), 2);
-      const tolerance::Tolerance tol =
-          round_bf16 ? tolerance::kGemmBf16Out : tolerance::kGemmF32Out;
-      for (int64_t i = 0; i < m; ++i) {
-        const auto [rel_max, rel_l2] = row_error(got.data() + i * n, ref.data() + i * n, n);
-        worst[round_bf16][0] = std::max(worst[round_bf16][0], rel_max);
-        worst[round_bf16][1] = std::max(worst[round_bf16][1], rel_l2);
-        EXPECT_LE(rel_max, tol.rel_max) << format_name(fc.format) << " cols=" << cols << " row "
-                                        << i << " round_bf16=" << round_bf16;
-        EXPECT_LE(rel_l2, tol.rel_l2) << format_name(fc.format) << " cols=" << cols << " row " << i
-                                      << " round_bf16=" << round_bf16;
-      }
-    }
-  }
+  expect_close_to_reference(fc, amx_features(), 37, "amx", worst);
   std::printf(
       "[ amx      ] %s worst: f32 out rel_max %.2e rel_l2 %.2e; bf16 out rel_max %.2e "
       "rel_l2 %.2e\n",
