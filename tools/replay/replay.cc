@@ -9,7 +9,6 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
-#include "common/numfmt.h"
 #include "common/safetensors.h"
 #include "worker/engine/engine.h"
 
@@ -122,8 +121,10 @@ std::vector<float> read_f32(const SafetensorsFile& f, const std::string& name,
 
 }  // namespace
 
-std::map<std::string, Tensor> run_replay(const ReplayOptions& opt) {
-  const auto meta_path = opt.golden_dir / "golden.json";
+namespace {
+
+json read_meta(const std::filesystem::path& golden_dir) {
+  const auto meta_path = golden_dir / "golden.json";
   std::ifstream in(meta_path);
   MOERUN_CHECK(in.good(), "cannot read {}", meta_path.string());
   json meta;
@@ -134,7 +135,13 @@ std::map<std::string, Tensor> run_replay(const ReplayOptions& opt) {
   }
   MOERUN_CHECK(meta.contains("sequences") && meta["sequences"].is_array(),
                "{}: no 'sequences' list", meta_path.string());
+  return meta;
+}
 
+}  // namespace
+
+engine::EngineOptions replay_engine_options(const ReplayOptions& opt) {
+  const json meta = read_meta(opt.golden_dir);
   engine::EngineOptions eo;
   eo.checkpoint = opt.checkpoint.empty()
                       ? opt.golden_dir / meta.value("checkpoint_dir", std::string("checkpoint"))
@@ -145,7 +152,12 @@ std::map<std::string, Tensor> run_replay(const ReplayOptions& opt) {
   eo.experts_per_token = opt.experts_per_token;
   eo.max_sequences = 2;  // one replayed sequence + one for isolated runs
   eo.mtp = true;
-  engine::Engine eng(eo);
+  return eo;
+}
+
+std::map<std::string, Tensor> run_replay(const ReplayOptions& opt, engine::StepEngine& eng) {
+  const json meta = read_meta(opt.golden_dir);
+  const auto meta_path = opt.golden_dir / "golden.json";
   const ModelConfig& c = eng.config();
   const int64_t L = c.num_hidden_layers, hc = c.hc_mult, d = c.hidden_size, V = c.vocab_size;
   const int64_t k = c.num_experts_per_tok;
@@ -220,10 +232,11 @@ std::map<std::string, Tensor> run_replay(const ReplayOptions& opt) {
     MOERUN_CHECK(m <= n && m < T, "{}: prefill_stream_positions {} exceeds the prompt", where, m);
     // prefill.residual: index 0 = the embedding (block 0's input), l+1 = after block l.
     std::vector<float> pre(static_cast<size_t>((L + 1) * m * hc * d));
-    for (int64_t p = 0; p < m; ++p)
+    for (int64_t p = 0; p < m; ++p) {
+      const std::vector<float> e = eng.embedding(tokens[p]);
       for (int64_t j = 0; j < hc; ++j)
-        for (int64_t q = 0; q < d; ++q)
-          pre[(p * hc + j) * d + q] = numfmt::bf16_to_f32(eng.weights().embed[tokens[p] * d + q]);
+        std::copy(e.begin(), e.end(), pre.begin() + (p * hc + j) * d);
+    }
     for (int64_t l = 0; l < L; ++l)
       for (int64_t p = 0; p < m; ++p)
         std::memcpy(pre.data() + (((l + 1) * m + p) * hc) * d,

@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "worker/engine/engine.h"
+#include "worker/engine/step_engine.h"
 
 namespace moerun::replay {
 
@@ -32,7 +34,12 @@ struct Tensor {
   std::vector<int32_t> i32;  // id tensors
 };
 
-std::map<std::string, Tensor> run_replay(const ReplayOptions& options);
+// The engine settings a replay needs: the golden's checkpoint (golden.json's checkpoint_dir
+// unless options.checkpoint is given), two sequence slots, the MTP block on.
+engine::EngineOptions replay_engine_options(const ReplayOptions& options);
+// Replays the golden's sequences through `eng` (made from replay_engine_options, in this
+// process or as a cluster's leader).
+std::map<std::string, Tensor> run_replay(const ReplayOptions& options, engine::StepEngine& eng);
 void write_tensors(const std::map<std::string, Tensor>& tensors, const std::filesystem::path& path);
 
 }  // namespace moerun::replay

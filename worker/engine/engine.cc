@@ -2,36 +2,71 @@
 // main blocks, head, then the MTP block one position behind (it needs token t+1).
 #include "worker/engine/engine.h"
 
+#include "worker/engine/step_tail.h"
+
 #include <algorithm>
 #include <cstring>
 #include <numeric>
 #include <set>
 
 #include "common/error.h"
+#include "common/numfmt.h"
 
 namespace moerun::engine {
+
+EngineOptions resolve_options(EngineOptions o, const ModelConfig& c) {
+  if (o.max_context == 0) o.max_context = std::min<int64_t>(c.max_position_embeddings, 4096);
+  MOERUN_CHECK(o.max_context > 0 && o.max_context <= c.max_position_embeddings,
+               "max_context {} must be in 1..max_position_embeddings ({})", o.max_context,
+               c.max_position_embeddings);
+  MOERUN_CHECK(o.max_sequences > 0, "max_sequences {} must be >= 1", o.max_sequences);
+  MOERUN_CHECK(o.max_batch_tokens > 0, "max_batch_tokens {} must be >= 1", o.max_batch_tokens);
+  if (o.block_tokens == 0) o.block_tokens = kv::KvLayout::default_block_tokens(c);
+  MOERUN_CHECK(o.block_tokens > 0, "block_tokens {} must be >= 1", o.block_tokens);
+  const int64_t per_seq = (o.max_context + o.block_tokens - 1) / o.block_tokens;
+  if (o.kv_blocks == 0) o.kv_blocks = o.max_sequences * per_seq;
+  MOERUN_CHECK(o.kv_blocks > 0, "kv_blocks {} must be >= 1", o.kv_blocks);
+  return o;
+}
+
+void check_request_tokens(const StepRequest& r, int64_t length, const ModelConfig& c,
+                          const EngineOptions& o) {
+  MOERUN_CHECK(!r.tokens.empty(), "step: request for sequence {} has no tokens", r.seq);
+  for (size_t i = 0; i < r.tokens.size(); ++i)
+    MOERUN_CHECK(r.tokens[i] >= 0 && r.tokens[i] < c.vocab_size,
+                 "step: sequence {} token {} (index {}) is outside the vocabulary 0..{}", r.seq,
+                 r.tokens[i], i, c.vocab_size - 1);
+  const int64_t end = length + static_cast<int64_t>(r.tokens.size());
+  MOERUN_CHECK(end <= o.max_context,
+               "step: sequence {} would reach {} positions, past the context of {} "
+               "(max_position_embeddings {})",
+               r.seq, end, o.max_context, c.max_position_embeddings);
+}
+
+void check_isolated_run(int64_t layer, int64_t streams, std::span<const int32_t> tokens,
+                        const ModelConfig& c, const EngineOptions& o) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  MOERUN_CHECK(layer >= 0 && layer < c.num_layers_total(), "isolated run: layer {} out of 0..{}",
+               layer, c.num_layers_total() - 1);
+  MOERUN_CHECK(n > 0 && n <= o.max_context && n <= o.max_batch_tokens,
+               "isolated run: {} tokens (allowed 1..{})", n,
+               std::min(o.max_context, o.max_batch_tokens));
+  MOERUN_CHECK(streams == n * c.hc_mult * c.hidden_size,
+               "isolated run: input stream has {} values, expected {} tokens × {} × {}", streams, n,
+               c.hc_mult, c.hidden_size);
+  for (int32_t t : tokens)
+    MOERUN_CHECK(t >= 0 && t < c.vocab_size, "isolated run: token {} outside 0..{}", t,
+                 c.vocab_size - 1);
+}
 
 Engine::Engine(const EngineOptions& options) : options_(options) {
   kernels_ = kernels::make_kernels(options_.kernels, options_.num_threads);
   weights_ = model::ModelWeights::load(options_.checkpoint, *kernels_, options_.experts_per_token,
                                        {}, options_.config);
   const ModelConfig& c = weights_->config();
-  if (options_.max_context == 0)
-    options_.max_context = std::min<int64_t>(c.max_position_embeddings, 4096);
-  MOERUN_CHECK(options_.max_context > 0 && options_.max_context <= c.max_position_embeddings,
-               "max_context {} must be in 1..max_position_embeddings ({})", options_.max_context,
-               c.max_position_embeddings);
-  MOERUN_CHECK(options_.max_sequences > 0, "max_sequences {} must be >= 1", options_.max_sequences);
-  MOERUN_CHECK(options_.max_batch_tokens > 0, "max_batch_tokens {} must be >= 1",
-               options_.max_batch_tokens);
-  if (options_.block_tokens == 0) options_.block_tokens = kv::KvLayout::default_block_tokens(c);
-  MOERUN_CHECK(options_.block_tokens > 0, "block_tokens {} must be >= 1", options_.block_tokens);
-  kv::KvLayout layout(c, options_.block_tokens);
-  const int64_t per_seq =
-      (options_.max_context + options_.block_tokens - 1) / options_.block_tokens;
-  if (options_.kv_blocks == 0) options_.kv_blocks = options_.max_sequences * per_seq;
-  pool_ =
-      std::make_unique<kv::KvPool>(std::move(layout), options_.max_sequences, options_.kv_blocks);
+  options_ = resolve_options(options_, c);
+  pool_ = std::make_unique<kv::KvPool>(kv::KvLayout(c, options_.block_tokens),
+                                       options_.max_sequences, options_.kv_blocks);
   model_ = std::make_unique<model::Model>(*weights_, *kernels_, *pool_, options_.max_context);
 }
 
@@ -94,7 +129,7 @@ std::vector<StepResult> Engine::step(const std::vector<StepRequest>& requests,
 std::vector<StepResult> Engine::step_ordered(const std::vector<StepRequest>& requests,
                                              model::ForwardObserver* obs) {
   const ModelConfig& c = config();
-  const int64_t hc = c.hc_mult, d = c.hidden_size, vocab = c.vocab_size;
+  const int64_t hc = c.hc_mult, d = c.hidden_size;
 
   // ---- validate everything before touching any state --------------------------------
   MOERUN_CHECK(!requests.empty(), "step: no requests");
@@ -104,16 +139,8 @@ std::vector<StepResult> Engine::step_ordered(const std::vector<StepRequest>& req
     Sequence& s = find(r.seq, "step");
     MOERUN_CHECK(seen.insert(r.seq).second, "step: sequence {} appears twice in one step", r.seq);
     MOERUN_CHECK(!s.failed, "step: sequence {} failed in an earlier step; free it", r.seq);
-    MOERUN_CHECK(!r.tokens.empty(), "step: request for sequence {} has no tokens", r.seq);
-    for (size_t i = 0; i < r.tokens.size(); ++i)
-      MOERUN_CHECK(r.tokens[i] >= 0 && r.tokens[i] < vocab,
-                   "step: sequence {} token {} (index {}) is outside the vocabulary 0..{}", r.seq,
-                   r.tokens[i], i, vocab - 1);
+    check_request_tokens(r, s.kv.length, c, options_);
     const int64_t end = s.kv.length + static_cast<int64_t>(r.tokens.size());
-    MOERUN_CHECK(end <= options_.max_context,
-                 "step: sequence {} would reach {} positions, past the context of {} "
-                 "(max_position_embeddings {})",
-                 r.seq, end, options_.max_context, c.max_position_embeddings);
     total += static_cast<int64_t>(r.tokens.size());
     blocks_needed += pool_->blocks_for(end) - static_cast<int64_t>(s.kv.blocks.size());
   }
@@ -148,92 +175,31 @@ std::vector<StepResult> Engine::step_ordered(const std::vector<StepRequest>& req
     model_->embed(batch, h.data(), hc);
     model_->run_layers(batch, h.data(), 0, c.num_hidden_layers, obs);
 
-    std::vector<int64_t> rows;
+    std::vector<TailRequest> tail(requests.size());
     for (size_t i = 0; i < requests.size(); ++i) {
-      const model::Segment& seg = batch.segments[i];
-      StepResult& res = results[i];
-      res.seq = requests[i].seq;
-      res.first_position = requests[i].all_logits ? seg.start : seg.start + seg.count - 1;
-      res.rows = requests[i].all_logits ? seg.count : 1;
-      for (int64_t r = 0; r < res.rows; ++r) rows.push_back(seg.begin + seg.count - res.rows + r);
+      tail[i].all_logits = requests[i].all_logits;
+      tail[i].return_logits = requests[i].return_logits;
+      tail[i].prefill = requests[i].phase == kernels::RowPhase::kPrefill;
+      tail[i].sampling = requests[i].sampling;
+      results[i].seq = requests[i].seq;
     }
-    std::vector<float> logits(rows.size() * static_cast<size_t>(vocab));
-    model_->logits(batch, h.data(), rows, logits.data(), -1, obs);
-    size_t off = 0;
-    for (StepResult& res : results) {
-      res.logits.assign(logits.begin() + off * vocab, logits.begin() + (off + res.rows) * vocab);
-      off += static_cast<size_t>(res.rows);
-    }
-
-    // ---- MTP: position t with token t+1, one position behind the main model ----------
-    const bool mtp = options_.mtp && c.num_nextn_predict_layers > 0;
-    if (mtp) {
-      const int64_t ml = c.num_hidden_layers;  // the (first) MTP block
-      model::StepBatch mb;
-      std::vector<float> hm;
-      std::vector<int64_t> mtp_segment(requests.size(), -1);  // index into mb.segments
-      for (size_t i = 0; i < requests.size(); ++i) {
-        model::Segment seg = batch.segments[i];
-        model::Segment ms;
-        ms.kv = seg.kv;
-        ms.begin = mb.rows();
-        const float* pending = pool_->slot(*seg.kv) + pool_->layout().mtp_hidden();
-        if (seg.kv->mtp_pending) {
-          mb.tokens.push_back(batch.tokens[seg.begin]);
-          mb.positions.push_back(static_cast<int32_t>(seg.start - 1));
-          hm.insert(hm.end(), pending, pending + hc * d);
-        }
-        for (int64_t t = 0; t + 1 < seg.count; ++t) {
-          mb.tokens.push_back(batch.tokens[seg.begin + t + 1]);
-          mb.positions.push_back(static_cast<int32_t>(seg.start + t));
-          const float* hr = h.data() + (seg.begin + t) * hc * d;
-          hm.insert(hm.end(), hr, hr + hc * d);
-        }
-        ms.count = mb.rows() - ms.begin;
-        if (ms.count > 0) {
-          ms.start = mb.positions[ms.begin];
-          mtp_segment[i] = static_cast<int64_t>(mb.segments.size());
-          mb.segments.push_back(ms);
-        }
-        if (requests[i].phase == kernels::RowPhase::kPrefill) mb.prefill_rows = mb.rows();
-      }
-      std::vector<int64_t> mrows;
-      if (mb.rows() > 0) {
-        std::vector<float> x(static_cast<size_t>(mb.rows() * hc * d));
-        model_->mtp_input(mb, hm.data(), ml, x.data());
-        if (obs) obs->mtp_input(mb, x.data());
-        model_->run_layers(mb, x.data(), ml, ml + 1, obs);
-        for (size_t i = 0; i < requests.size(); ++i) {
-          if (mtp_segment[i] < 0) continue;
-          const model::Segment& ms = mb.segments[static_cast<size_t>(mtp_segment[i])];
-          const int64_t want = requests[i].all_logits ? ms.count : 1;
-          results[i].mtp_first_position = ms.start + ms.count - want;
-          results[i].mtp_rows = want;
-          for (int64_t r = 0; r < want; ++r) mrows.push_back(ms.begin + ms.count - want + r);
-        }
-        std::vector<float> ml_out(mrows.size() * static_cast<size_t>(vocab));
-        model_->logits(mb, x.data(), mrows, ml_out.data(), ml, obs);
-        size_t moff = 0;
-        for (StepResult& res : results) {
-          res.mtp_logits.assign(ml_out.begin() + moff * vocab,
-                                ml_out.begin() + (moff + res.mtp_rows) * vocab);
-          moff += static_cast<size_t>(res.mtp_rows);
-        }
-      }
-      // The last main hidden stream of each sequence waits for its next token.
-      for (const model::Segment& seg : batch.segments) {
-        float* pending = pool_->slot(*seg.kv) + pool_->layout().mtp_hidden();
-        std::memcpy(pending, h.data() + (seg.begin + seg.count - 1) * hc * d,
-                    sizeof(float) * hc * d);
-        seg.kv->mtp_pending = true;
-      }
-    }
+    run_step_tail(*model_, *pool_, batch, h.data(), tail, options_.mtp, results, obs);
   } catch (...) {
     for (const StepRequest& r : requests) sequences_.at(r.seq).failed = true;
     throw;
   }
   for (const model::Segment& seg : batch.segments) seg.kv->length += seg.count;
   return results;
+}
+
+std::vector<float> Engine::embedding(int32_t token) const {
+  const ModelConfig& c = config();
+  MOERUN_CHECK(token >= 0 && token < c.vocab_size, "embedding: token {} outside 0..{}", token,
+               c.vocab_size - 1);
+  std::vector<float> row(static_cast<size_t>(c.hidden_size));
+  for (int64_t q = 0; q < c.hidden_size; ++q)
+    row[q] = numfmt::bf16_to_f32(weights_->embed[token * c.hidden_size + q]);
+  return row;
 }
 
 int32_t Engine::sample(std::span<const float> logits, const kernels::SamplingParams& params) {
@@ -245,18 +211,8 @@ int32_t Engine::sample(std::span<const float> logits, const kernels::SamplingPar
 std::vector<float> Engine::run_isolated(int64_t layer, std::span<const float> h_in,
                                         std::span<const int32_t> tokens, bool mtp) {
   const ModelConfig& c = config();
-  const int64_t hc = c.hc_mult, d = c.hidden_size, n = static_cast<int64_t>(tokens.size());
-  MOERUN_CHECK(layer >= 0 && layer < c.num_layers_total(), "isolated run: layer {} out of 0..{}",
-               layer, c.num_layers_total() - 1);
-  MOERUN_CHECK(n > 0 && n <= options_.max_context && n <= options_.max_batch_tokens,
-               "isolated run: {} tokens (allowed 1..{})", n,
-               std::min(options_.max_context, options_.max_batch_tokens));
-  MOERUN_CHECK(static_cast<int64_t>(h_in.size()) == n * hc * d,
-               "isolated run: input stream has {} values, expected {} tokens × {} × {}",
-               h_in.size(), n, hc, d);
-  for (int32_t t : tokens)
-    MOERUN_CHECK(t >= 0 && t < c.vocab_size, "isolated run: token {} outside 0..{}", t,
-                 c.vocab_size - 1);
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  check_isolated_run(layer, static_cast<int64_t>(h_in.size()), tokens, c, options_);
   kv::SequenceKv tmp = pool_->acquire();
   std::vector<float> h(h_in.begin(), h_in.end());
   try {

@@ -17,6 +17,7 @@
 
 #include "common/model_config.h"
 #include "kernels/kernels.h"
+#include "worker/engine/step_engine.h"
 #include "worker/kv/kv_pool.h"
 #include "worker/model/model.h"
 #include "worker/model/weights.h"
@@ -38,73 +39,41 @@ struct EngineOptions {
   bool mtp = false;                 // run the MTP block alongside (drafts, golden replays)
 };
 
-using SeqId = int64_t;
+// Fills the defaults of `o` (max_context, block_tokens, kv_blocks) for model `c` and checks
+// every setting; throws moerun::Error naming a bad one.
+EngineOptions resolve_options(EngineOptions o, const ModelConfig& c);
+// The checks of one request that do not depend on capacity: tokens present and inside the
+// vocabulary, the sequence (now `length` positions) staying inside max_context.
+void check_request_tokens(const StepRequest& r, int64_t length, const ModelConfig& c,
+                          const EngineOptions& o);
+// The checks of an isolated block run (`streams`: values in its input stream).
+void check_isolated_run(int64_t layer, int64_t streams, std::span<const int32_t> tokens,
+                        const ModelConfig& c, const EngineOptions& o);
 
-struct StepRequest {
-  SeqId seq = -1;
-  std::vector<int32_t> tokens;  // new tokens, at positions length(seq), length(seq)+1, ...
-  bool all_logits = false;      // logits of every new token (default: the last one only)
-  // Prompt tokens (prefill) or tokens the model generated (decode). On CPUs with AMX the two
-  // run on different GEMM paths (kernels::RowPhase), so mark generated tokens as kDecode
-  // consistently; a sequence's logits never depend on the other requests either way.
-  kernels::RowPhase phase = kernels::RowPhase::kPrefill;
-};
-
-struct StepResult {
-  SeqId seq = -1;
-  int64_t first_position = 0;  // position of logits row 0
-  int64_t rows = 0;
-  std::vector<float> logits;  // [rows, vocab]; row i predicts the token after position
-                              // first_position + i
-  // The MTP block runs at position t once token t+1 is known, i.e. for positions
-  // length−1 … length+n−2 of this step (t ≥ 0); mtp row i is position mtp_first_position + i
-  // and predicts token t+2.
-  int64_t mtp_first_position = 0;
-  int64_t mtp_rows = 0;
-  std::vector<float> mtp_logits;  // [mtp_rows, vocab]
-};
-
-struct Capacity {
-  int64_t max_sequences = 0;
-  int64_t free_sequences = 0;
-  int64_t block_tokens = 0;
-  int64_t kv_blocks = 0;
-  int64_t free_kv_blocks = 0;
-  int64_t max_context = 0;
-  int64_t max_batch_tokens = 0;
-  int64_t kv_bytes = 0;
-};
-
-class Engine {
+class Engine : public StepEngine {
  public:
   explicit Engine(const EngineOptions& options);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  const ModelConfig& config() const { return weights_->config(); }
+  const ModelConfig& config() const override { return weights_->config(); }
   const EngineOptions& options() const { return options_; }
   kernels::Kernels& kernels() { return *kernels_; }
   const model::ModelWeights& weights() const { return *weights_; }
-  Capacity capacity() const;
+  Capacity capacity() const override;
 
-  // Throws when all sequence slots are in use.
-  SeqId add_sequence();
-  // Frees the sequence's slot and KV blocks; unknown ids throw.
-  void free_sequence(SeqId seq);
-  int64_t length(SeqId seq) const;  // positions processed
-
+  SeqId add_sequence() override;
+  void free_sequence(SeqId seq) override;
+  int64_t length(SeqId seq) const override;
   std::vector<StepResult> step(const std::vector<StepRequest>& requests,
-                               model::ForwardObserver* obs = nullptr);
+                               model::ForwardObserver* obs = nullptr) override;
   int32_t sample(std::span<const float> logits, const kernels::SamplingParams& params);
-
-  // One block run alone as a prefill over positions 0..n−1 with fresh state (golden
-  // "isolated" checks): h_in [n, hc, dim] → output stream. For an MTP block, `tokens` are the
-  // next tokens; run_mtp_isolated builds the MTP input from the main stream first.
   std::vector<float> run_block_isolated(int64_t layer, std::span<const float> h_in,
-                                        std::span<const int32_t> tokens);
+                                        std::span<const int32_t> tokens) override;
   std::vector<float> run_mtp_isolated(std::span<const float> h_main,
-                                      std::span<const int32_t> next_tokens);
+                                      std::span<const int32_t> next_tokens) override;
+  std::vector<float> embedding(int32_t token) const override;
 
  private:
   struct Sequence {

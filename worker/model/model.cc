@@ -132,6 +132,10 @@ void Model::block(int64_t layer, const StepBatch& batch, float* h, ForwardObserv
   const ModelConfig& c = config();
   const LayerWeights& lw = w_.layer(layer);
   const int64_t rows = batch.rows(), hc = c.hc_mult, d = c.hidden_size;
+  if (rows == 0) {  // nothing to compute here, but the experts' exchange is collective
+    if (dispatcher_) moe(layer, batch, nullptr, nullptr, obs);
+    return;
+  }
   const float eps = static_cast<float>(c.rms_norm_eps);
   std::vector<float> x(static_cast<size_t>(rows * d)), y(static_cast<size_t>(rows * d));
   std::vector<float> res(h, h + rows * hc * d);

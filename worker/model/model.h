@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "worker/comm/dispatch.h"
 #include "worker/kv/kv_pool.h"
 #include "worker/model/weights.h"
 
@@ -82,6 +83,15 @@ class Model {
   const ModelConfig& config() const { return w_.config(); }
   kernels::Kernels& kernels() { return k_; }
 
+  // Expert parallelism: routed experts of other ranks are reached through `dispatcher`
+  // (dispatch/combine among the ep ranks of this stage); this process computes the experts it
+  // loaded, which must be exactly the dispatcher's placement range for `column`. nullptr (the
+  // default): every expert is local. With a dispatcher, run_layers must be called on every
+  // rank of the stage for every micro-batch — with zero rows too — because the exchange is
+  // collective.
+  void set_dispatcher(comm::Dispatcher* dispatcher, int column);
+  bool exchanges_experts() const { return dispatcher_ != nullptr; }
+
   // h [rows, copies, dim] ← the embedding of batch.tokens, repeated `copies` times (the
   // residual stream has hc copies).
   void embed(const StepBatch& batch, float* h, int64_t copies) const;
@@ -139,6 +149,12 @@ class Model {
                       CompressorInput& key_input, std::vector<int32_t>& sel,
                       std::vector<int32_t>& counts, ForwardObserver* obs);
   void moe(int64_t layer, const StepBatch& batch, const float* x, float* out, ForwardObserver* obs);
+  // The routed experts this process holds, over (token, expert) pairs of activations x
+  // [tokens, dim] (act_quant'ed; prefill[t] marks prompt rows), and the shared expert over
+  // xs [shared_rows, dim]: pair_out [pairs, dim] and shared_out [shared_rows, dim], bf16.
+  void run_experts(const MoeWeights& mw, const float* x, const uint8_t* prefill,
+                   const std::vector<comm::Received::Pair>& pairs, float* pair_out, const float* xs,
+                   Rows shared_rows, float* shared_out);
   // out [rows, n] = bf16(act_quant(x) · Wᵀ) — the FP8/FP4 linear of the reference.
   void qlinear(const Linear& w, const float* x, Rows rows, int64_t ldx, float* out, int64_t ldo);
   void linear(const Linear& w, const float* x, Rows rows, int64_t ldx, float* out, int64_t ldo,
@@ -148,6 +164,7 @@ class Model {
   const ModelWeights& w_;
   kernels::Kernels& k_;
   kv::KvPool& pool_;
+  comm::Dispatcher* dispatcher_ = nullptr;
   RopeTable rope_plain_, rope_yarn_;
 };
 
