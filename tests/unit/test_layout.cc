@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "common/model_config.h"
 #include "tests/unit/test_util.h"
+#include "worker/kv/kv_pool.h"
 #include "worker/layout.h"
 
 namespace {
@@ -105,6 +106,30 @@ TEST(Layout, RefusesBadLayouts) {
   EXPECT_NE(m.find("stage 1 is given 0 layers"), std::string::npos) << m;
   m = error_message([&] { moerun::plan_layout(c, 2, 1, {5}); });
   EXPECT_NE(m.find("1 stage layer counts given for pp=2"), std::string::npos) << m;
+}
+
+// A stage's KV pool holds only its layers: the stages of any layout together hold exactly the
+// single process's per-sequence state (plus one MTP pending stream per stage).
+TEST(Layout, StageKvHoldsOnlyItsLayers) {
+  for (const moerun::ModelConfig& c : {tiny(), flash()}) {
+    const int64_t bt = moerun::kv::KvLayout::default_block_tokens(c);
+    const moerun::kv::KvLayout full(c, bt);
+    for (int64_t pp : {2, 3}) {
+      const moerun::ParallelLayout lay = moerun::plan_layout(c, pp, 1);
+      int64_t slot = 0, block = 0;
+      for (const auto& [begin, end] : lay.stage_layers) {
+        const moerun::kv::KvLayout part(c, bt, begin, end);
+        slot += part.slot_floats();
+        block += part.block_floats();
+        for (int64_t l = 0; l < c.num_layers_total(); ++l)
+          EXPECT_EQ(part.layer(l).held, l >= begin && l < end) << "layer " << l;
+      }
+      EXPECT_EQ(slot, full.slot_floats() + (pp - 1) * c.hc_dim()) << "pp=" << pp;
+      EXPECT_EQ(block, full.block_floats()) << "pp=" << pp;
+    }
+  }
+  EXPECT_NE(error_message([] { moerun::kv::KvLayout(tiny(), 64, 2, 99); }).find("not inside"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -79,8 +79,9 @@ void DistributedEngine::setup_rank() {
   r.kernels = kernels::make_kernels(eo.kernels, eo.num_threads);
   r.weights =
       model::ModelWeights::load(eo.checkpoint, *r.kernels, eo.experts_per_token, range, eo.config);
-  r.pool = std::make_unique<kv::KvPool>(kv::KvLayout(config_, eo.block_tokens), eo.max_sequences,
-                                        eo.kv_blocks);
+  r.pool = std::make_unique<kv::KvPool>(
+      kv::KvLayout(config_, eo.block_tokens, sel.layer_begin, sel.layer_end), eo.max_sequences,
+      eo.kv_blocks);
   r.model = std::make_unique<model::Model>(*r.weights, *r.kernels, *r.pool, eo.max_context);
 
   MOERUN_CHECK_MPI(

@@ -9,7 +9,8 @@
 
 namespace moerun::kv {
 
-KvLayout::KvLayout(const ModelConfig& config, int64_t block_tokens)
+KvLayout::KvLayout(const ModelConfig& config, int64_t block_tokens, int64_t layer_begin,
+                   int64_t layer_end)
     : block_tokens_(block_tokens),
       window_(config.sliding_window),
       head_dim_(config.head_dim),
@@ -20,12 +21,21 @@ KvLayout::KvLayout(const ModelConfig& config, int64_t block_tokens)
                  "KV block of {} tokens is not a multiple of layer {}'s compress ratio {}",
                  block_tokens, l, r);
   }
+  if (layer_end < 0) layer_end = config.num_layers_total();
+  MOERUN_CHECK(
+      0 <= layer_begin && layer_begin <= layer_end && layer_end <= config.num_layers_total(),
+      "KV layers [{}, {}) are not inside 0..{}", layer_begin, layer_end, config.num_layers_total());
   int64_t slot = 0;
   int64_t block = 0;
   for (int64_t l = 0; l < config.num_layers_total(); ++l) {
     LayerKvLayout ly;
     ly.ratio = config.compress_ratio(l);
     ly.overlap = config.has_indexer(l);
+    ly.held = l >= layer_begin && l < layer_end;
+    if (!ly.held) {  // another pipeline stage's layer: no storage here
+      layers_.push_back(ly);
+      continue;
+    }
     ly.window = slot;
     slot += window_ * head_dim_;
     if (ly.ratio > 0) {

@@ -22,6 +22,7 @@ namespace moerun::kv {
 struct LayerKvLayout {
   int64_t ratio = 0;       // compress ratio (0 = window only)
   bool overlap = false;    // ratio-4 overlapping compression (also: has an indexer)
+  bool held = true;        // storage in this pool (false: another pipeline stage's layer)
   int64_t state_rows = 0;  // compressor ring rows: 2r (overlap) or r
   int64_t comp_width = 0;  // coff · head_dim
   int64_t idx_width = 0;   // coff · index_head_dim (indexer compressor), 0 without indexer
@@ -39,7 +40,10 @@ struct LayerKvLayout {
 
 class KvLayout {
  public:
-  KvLayout(const ModelConfig& config, int64_t block_tokens);
+  // Storage for layers [layer_begin, layer_end) (-1: through the last MTP layer) — a pipeline
+  // stage holds only its own layers' state; the MTP pending stream is always there.
+  KvLayout(const ModelConfig& config, int64_t block_tokens, int64_t layer_begin = 0,
+           int64_t layer_end = -1);
   // The smallest multiple of every compress ratio that is ≥ min_tokens.
   static int64_t default_block_tokens(const ModelConfig& config, int64_t min_tokens = 64);
 
