@@ -8,17 +8,15 @@
 // tag in order, and every rank makes the same sequence of calls.
 #include "worker/comm/control.h"
 
-#include <algorithm>
 #include <climits>
-#include <functional>
 #include <string>
 
 #include <fmt/format.h>
 
 #include "common/check_mpi.h"
 #include "common/error.h"
+#include "worker/comm/comm_internal.h"
 #include "worker/comm/transport.h"
-#include "worker/comm/watchdog.h"
 
 namespace moerun::comm {
 namespace {
@@ -37,50 +35,14 @@ struct Group {
     MOERUN_CHECK_MPI(MPI_Comm_rank(c, &rank));
     MOERUN_CHECK_MPI(MPI_Comm_size(c, &size));
   }
-  int world_rank(int group_rank) const {
-    MPI_Group group = MPI_GROUP_NULL, world = MPI_GROUP_NULL;
-    MOERUN_CHECK_MPI(MPI_Comm_group(comm, &group));
-    MOERUN_CHECK_MPI(MPI_Comm_group(MPI_COMM_WORLD, &world));
-    int out = MPI_UNDEFINED;
-    MOERUN_CHECK_MPI(MPI_Group_translate_ranks(group, 1, &group_rank, world, &out));
-    MOERUN_CHECK_MPI(MPI_Group_free(&group));
-    MOERUN_CHECK_MPI(MPI_Group_free(&world));
-    return out;
-  }
+  int world_rank(int group_rank) const { return detail::world_rank_of(comm, group_rank); }
 };
 
-// Requests of one wait, each with its group peer.
-struct Requests {
-  std::vector<MPI_Request> reqs;
-  std::vector<int> peers;
-  MPI_Request* add(int peer) {
-    reqs.push_back(MPI_REQUEST_NULL);
-    peers.push_back(peer);
-    return &reqs.back();
-  }
-};
+using detail::Requests;  // sizes are not checked (expected -1): each payload's size comes first
 
 // Completes all of `r` through the watchdog; an expiry names the world ranks still pending.
 void wait_all(const Group& g, Requests& r, const std::string& what) {
-  const int n = static_cast<int>(r.reqs.size());
-  std::vector<int> indices(r.reqs.size());
-  int remaining = n;
-  auto poll = [&] {
-    if (remaining == 0) return true;
-    int completed = 0;
-    MOERUN_CHECK_MPI(
-        MPI_Testsome(n, r.reqs.data(), &completed, indices.data(), MPI_STATUSES_IGNORE));
-    if (completed != MPI_UNDEFINED) remaining -= completed;
-    return remaining == 0;
-  };
-  auto pending = [&] {
-    std::vector<int> out;
-    for (size_t i = 0; i < r.reqs.size(); ++i) {
-      if (r.reqs[i] != MPI_REQUEST_NULL) out.push_back(g.world_rank(r.peers[i]));
-    }
-    return out;
-  };
-  Watchdog::instance().wait(poll, what, pending);
+  detail::wait_requests(r, what, [&g](int p) { return g.world_rank(p); });
 }
 
 int payload_bytes(size_t bytes, std::string_view what) {

@@ -12,10 +12,8 @@
 // the last wait are issued together as one NCCL group when a wait (or any collective) comes,
 // and complete together.
 #include <algorithm>
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,6 +25,7 @@
 #include "common/check_cuda.h"
 #include "common/check_mpi.h"
 #include "common/error.h"
+#include "worker/comm/comm_internal.h"
 #include "worker/comm/transport.h"
 #include "worker/comm/watchdog.h"
 
@@ -53,32 +52,6 @@ struct Event {
   Event& operator=(const Event&) = delete;
 };
 
-class WaitTimer {
- public:
-  explicit WaitTimer(double& total) : total_(total), start_(std::chrono::steady_clock::now()) {}
-  ~WaitTimer() {
-    total_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  }
-  WaitTimer(const WaitTimer&) = delete;
-  WaitTimer& operator=(const WaitTimer&) = delete;
-
- private:
-  double& total_;
-  std::chrono::steady_clock::time_point start_;
-};
-
-std::vector<int> world_ranks_of(MPI_Comm comm, int size) {
-  MPI_Group group = MPI_GROUP_NULL, world = MPI_GROUP_NULL;
-  MOERUN_CHECK_MPI(MPI_Comm_group(comm, &group));
-  MOERUN_CHECK_MPI(MPI_Comm_group(MPI_COMM_WORLD, &world));
-  std::vector<int> ranks(static_cast<size_t>(size)), out(static_cast<size_t>(size));
-  for (int r = 0; r < size; ++r) ranks[static_cast<size_t>(r)] = r;
-  MOERUN_CHECK_MPI(MPI_Group_translate_ranks(group, size, ranks.data(), world, out.data()));
-  MOERUN_CHECK_MPI(MPI_Group_free(&group));
-  MOERUN_CHECK_MPI(MPI_Group_free(&world));
-  return out;
-}
-
 // This process's index among the job's processes on its host: the launcher's own variable
 // when it sets one (so every transport of the process, whatever its group, picks the same
 // device), else the rank among this group's ranks on the host.
@@ -100,7 +73,7 @@ class NcclTransport final : public Transport {
   explicit NcclTransport(MPI_Comm comm) : comm_(comm) {
     MOERUN_CHECK_MPI(MPI_Comm_rank(comm_, &rank_));
     MOERUN_CHECK_MPI(MPI_Comm_size(comm_, &size_));
-    world_ranks_ = world_ranks_of(comm_, size_);
+    world_ranks_ = detail::world_ranks_of(comm_, size_);
     select_device();
     MOERUN_CHECK_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     ncclUniqueId id;
@@ -128,9 +101,7 @@ class NcclTransport final : public Transport {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   int world_rank(int group_rank) const override {
-    MOERUN_CHECK(group_rank >= 0 && group_rank < size_, "group rank {} outside [0, {})", group_rank,
-                 size_);
-    return world_ranks_[static_cast<size_t>(group_rank)];
+    return detail::checked_world_rank(world_ranks_, group_rank);
   }
   MPI_Comm comm() const override { return comm_; }
 
@@ -151,10 +122,10 @@ class NcclTransport final : public Transport {
   }
 
   void exchange_counts(std::span<const int64_t> send, std::span<int64_t> recv) override {
-    check_span(send.size(), "exchange_counts send");
-    check_span(recv.size(), "exchange_counts recv");
+    detail::check_span(send.size(), size_, "exchange_counts send");
+    detail::check_span(recv.size(), size_, "exchange_counts recv");
     usable();
-    WaitTimer timer(wait_seconds_);
+    detail::WaitTimer timer(wait_seconds_);
     flush();
     const size_t n = static_cast<size_t>(size_);
     int64_t* dev_send = counts_dev_;
@@ -180,10 +151,10 @@ class NcclTransport final : public Transport {
   void alltoallv(const void* send, std::span<const int64_t> send_bytes,
                  std::span<const int64_t> send_off, void* recv, std::span<const int64_t> recv_bytes,
                  std::span<const int64_t> recv_off) override {
-    check_span(send_bytes.size(), "alltoallv send_bytes");
-    check_span(send_off.size(), "alltoallv send_off");
-    check_span(recv_bytes.size(), "alltoallv recv_bytes");
-    check_span(recv_off.size(), "alltoallv recv_off");
+    detail::check_span(send_bytes.size(), size_, "alltoallv send_bytes");
+    detail::check_span(send_off.size(), size_, "alltoallv send_off");
+    detail::check_span(recv_bytes.size(), size_, "alltoallv recv_bytes");
+    detail::check_span(recv_off.size(), size_, "alltoallv recv_off");
     for (size_t p = 0; p < static_cast<size_t>(size_); ++p) {
       MOERUN_CHECK(send_bytes[p] >= 0 && recv_bytes[p] >= 0 && send_off[p] >= 0 && recv_off[p] >= 0,
                    "alltoallv: negative size or offset for group rank {} (send {} at {}, recv {} "
@@ -195,7 +166,7 @@ class NcclTransport final : public Transport {
                  "alltoallv: this rank sends itself {} bytes but expects {}", send_bytes[self],
                  recv_bytes[self]);
     usable();
-    WaitTimer timer(wait_seconds_);
+    detail::WaitTimer timer(wait_seconds_);
     flush();
     const auto* src = static_cast<const uint8_t*>(send);
     auto* dst = static_cast<uint8_t*>(recv);
@@ -224,20 +195,19 @@ class NcclTransport final : public Transport {
   }
 
   PendingOp isend(int peer, const void* buf, size_t bytes, int tag) override {
-    check_p2p(peer, tag, "isend");
+    detail::check_peer_and_tag(peer, tag, size_, "isend");
     return queue(Queued{peer, true, const_cast<void*>(buf), bytes});
   }
   PendingOp irecv(int peer, void* buf, size_t bytes, int tag) override {
-    check_p2p(peer, tag, "irecv");
+    detail::check_peer_and_tag(peer, tag, size_, "irecv");
     return queue(Queued{peer, false, buf, bytes});
   }
 
   void wait(std::span<PendingOp> ops) override {
     usable();
-    WaitTimer timer(wait_seconds_);
+    detail::WaitTimer timer(wait_seconds_);
     for (const PendingOp& op : ops) {
-      MOERUN_CHECK(op.slot < static_cast<int64_t>(slots_.size()) &&
-                       (op.slot < 0 || slots_[static_cast<size_t>(op.slot)].live),
+      MOERUN_CHECK(op.slot < slots_.size() && (op.slot < 0 || slots_[op.slot].live),
                    "wait: operation (slot {}, peer {}) was not posted on this transport", op.slot,
                    op.peer);
     }
@@ -247,14 +217,14 @@ class NcclTransport final : public Transport {
       bool all = true;
       for (PendingOp& op : ops) {
         if (op.slot < 0) continue;
-        Slot& s = slots_[static_cast<size_t>(op.slot)];
+        Slot& s = slots_[op.slot];
         const cudaError_t e = cudaEventQuery(s.event->event);
         if (e == cudaErrorNotReady) {
           all = false;
           continue;
         }
         MOERUN_CHECK_CUDA(e);
-        release(op.slot);
+        slots_.release(op.slot);
         op.slot = -1;
       }
       return all;
@@ -326,17 +296,6 @@ class NcclTransport final : public Transport {
     MOERUN_CHECK_CUDA(cudaSetDevice(device_));
   }
 
-  void check_span(size_t n, std::string_view what) const {
-    MOERUN_CHECK(n == static_cast<size_t>(size_), "{}: {} entries for a group of {} ranks", what, n,
-                 size_);
-  }
-  void check_p2p(int peer, int tag, std::string_view what) const {
-    MOERUN_CHECK(peer >= 0 && peer < size_, "{}: peer {} outside the group [0, {})", what, peer,
-                 size_);
-    MOERUN_CHECK(tag >= 0 && tag < kUserTagLimit,
-                 "{}: tag {} outside [0, {}) (higher tags are reserved for the runtime)", what, tag,
-                 kUserTagLimit);
-  }
   void usable() const {
     MOERUN_CHECK(nccl_ != nullptr,
                  "nccl transport: the communicator was aborted after an expired wait");
@@ -344,23 +303,10 @@ class NcclTransport final : public Transport {
 
   PendingOp queue(const Queued& q) {
     usable();
-    int64_t slot;
-    if (!free_slots_.empty()) {
-      slot = free_slots_.back();
-      free_slots_.pop_back();
-    } else {
-      slot = static_cast<int64_t>(slots_.size());
-      slots_.emplace_back();
-    }
-    slots_[static_cast<size_t>(slot)] = Slot{true, nullptr};
+    const int64_t slot = slots_.take(Slot{true, nullptr});
     queued_.push_back(q);
     queued_slots_.push_back(slot);
     return PendingOp{q.peer, q.send, slot};
-  }
-
-  void release(int64_t slot) {
-    slots_[static_cast<size_t>(slot)] = Slot{};
-    free_slots_.push_back(slot);
   }
 
   // Issues the queued point-to-point operations as one group, followed by one event.
@@ -377,7 +323,7 @@ class NcclTransport final : public Transport {
     MOERUN_CHECK_NCCL(ncclGroupEnd());
     auto event = std::make_shared<Event>();
     MOERUN_CHECK_CUDA(cudaEventRecord(event->event, stream_));
-    for (int64_t slot : queued_slots_) slots_[static_cast<size_t>(slot)].event = event;
+    for (int64_t slot : queued_slots_) slots_[slot].event = event;
     queued_.clear();
     queued_slots_.clear();
   }
@@ -427,9 +373,8 @@ class NcclTransport final : public Transport {
   ncclComm_t nccl_ = nullptr;     // null once aborted
   cudaStream_t stream_ = nullptr;
   int64_t* counts_dev_ = nullptr;  // [2, size] int64 device staging for exchange_counts
-  std::vector<Slot> slots_;        // isend/irecv, indexed by PendingOp::slot
-  std::vector<int64_t> free_slots_;
-  std::vector<Queued> queued_;  // posted, not yet issued (next flush)
+  detail::SlotTable<Slot> slots_;  // isend/irecv, indexed by PendingOp::slot
+  std::vector<Queued> queued_;     // posted, not yet issued (next flush)
   std::vector<int64_t> queued_slots_;
   double wait_seconds_ = 0;
 };

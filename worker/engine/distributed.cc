@@ -10,7 +10,6 @@
 
 #include "common/check_mpi.h"
 #include "common/error.h"
-#include "common/numfmt.h"
 #include "worker/comm/control.h"
 #include "worker/engine/distributed_rank.h"
 #include "worker/engine/remote_observer.h"
@@ -358,13 +357,7 @@ std::vector<float> DistributedEngine::run_mtp_isolated(std::span<const float> h_
 
 std::vector<float> DistributedEngine::embedding(int32_t token) const {
   require_leader("embedding");
-  MOERUN_CHECK(token >= 0 && token < config_.vocab_size, "embedding: token {} outside 0..{}", token,
-               config_.vocab_size - 1);
-  const int64_t d = config_.hidden_size;
-  std::vector<float> row(static_cast<size_t>(d));
-  for (int64_t q = 0; q < d; ++q)
-    row[q] = numfmt::bf16_to_f32(self_->weights->embed[token * d + q]);
-  return row;
+  return self_->weights->embedding_row(token);
 }
 
 }  // namespace moerun::engine

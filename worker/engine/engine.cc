@@ -10,7 +10,6 @@
 #include <set>
 
 #include "common/error.h"
-#include "common/numfmt.h"
 
 namespace moerun::engine {
 
@@ -193,13 +192,7 @@ std::vector<StepResult> Engine::step_ordered(const std::vector<StepRequest>& req
 }
 
 std::vector<float> Engine::embedding(int32_t token) const {
-  const ModelConfig& c = config();
-  MOERUN_CHECK(token >= 0 && token < c.vocab_size, "embedding: token {} outside 0..{}", token,
-               c.vocab_size - 1);
-  std::vector<float> row(static_cast<size_t>(c.hidden_size));
-  for (int64_t q = 0; q < c.hidden_size; ++q)
-    row[q] = numfmt::bf16_to_f32(weights_->embed[token * c.hidden_size + q]);
-  return row;
+  return weights_->embedding_row(token);
 }
 
 int32_t Engine::sample(std::span<const float> logits, const kernels::SamplingParams& params) {

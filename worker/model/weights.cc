@@ -236,4 +236,14 @@ std::unique_ptr<ModelWeights> ModelWeights::load(const std::filesystem::path& di
   return w;
 }
 
+std::vector<float> ModelWeights::embedding_row(int32_t token) const {
+  MOERUN_CHECK(token >= 0 && token < config_.vocab_size, "embedding: token {} outside 0..{}", token,
+               config_.vocab_size - 1);
+  MOERUN_CHECK(embed != nullptr, "this process holds no embedding table");
+  const int64_t d = config_.hidden_size;
+  std::vector<float> row(static_cast<size_t>(d));
+  for (int64_t q = 0; q < d; ++q) row[q] = numfmt::bf16_to_f32(embed[token * d + q]);
+  return row;
+}
+
 }  // namespace moerun::model

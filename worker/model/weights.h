@@ -107,6 +107,10 @@ class ModelWeights {
     return l >= 0 && l < static_cast<int64_t>(layers_.size()) && layers_[l] != nullptr;
   }
 
+  // The embedding row of `token` as fp32 (bf16 values); throws for ids outside the
+  // vocabulary or when this process holds no embedding.
+  std::vector<float> embedding_row(int32_t token) const;
+
   const uint16_t* embed = nullptr;  // BF16 [vocab, dim] (mapped)
   Linear head;                      // BF16 [vocab, dim]
   std::vector<float> norm;          // final RMSNorm
