@@ -2,7 +2,8 @@
 # moerun set-up: installs every Debian package the project needs (idempotent; silent when
 # nothing is missing), configures and builds with CMake, then does what was asked:
 #
-#   ./setup.sh demo    build, then the main job on the embedded tiny model
+#   ./setup.sh demo    build, then the main job on the embedded tiny model (one process and
+#                      an mpirun cluster of 4 workers)
 #   ./setup.sh test    build, then the whole test suite (what CI runs)
 #   ./setup.sh build   build only
 #   ./setup.sh deps    install packages only
@@ -77,6 +78,18 @@ case "$ACTION" in
     # Random weights: the text is gibberish, but every block of the model runs.
     "${BUILD_DIR}/tools/generate/moerun-generate" --model "$out" \
       --chat "Why do mixture-of-experts models route tokens?" --max-tokens 32
+    # The same model as a cluster: 4 ranks (2 pipeline stages × 2 expert-parallel columns)
+    # under mpirun serve 10 prompts; the logits must equal the single-process engine's.
+    local_mpi=(mpirun -np 4 --oversubscribe --bind-to none --mca pml ob1
+               --mca mpi_yield_when_idle 1)
+    [[ "$(id -u)" == 0 ]] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    run=(--model "$out" --prompts tests/mpi/data/mixed_prompts.txt --max-new-tokens 8 --threads 1)
+    OMP_NUM_THREADS=1 "${local_mpi[@]}" "${BUILD_DIR}/worker/moerun-worker" "${run[@]}" \
+      --layout pp=2,ep=2 --dump-logits "${BUILD_DIR}/demo/cluster.safetensors"
+    "${BUILD_DIR}/worker/moerun-worker" "${run[@]}" --single-process \
+      --dump-logits "${BUILD_DIR}/demo/single.safetensors" > /dev/null
+    cmp "${BUILD_DIR}/demo/cluster.safetensors" "${BUILD_DIR}/demo/single.safetensors"
+    echo "demo: the pp=2 × ep=2 cluster's logits are bit-identical to one process"
     ;;
   *)
     echo "usage: $0 demo|test|build|deps" >&2
