@@ -18,6 +18,23 @@
 namespace moerun::engine {
 namespace {
 
+constexpr double kStartupDeadlineS = 1800.0;
+constexpr double kIdleDeadlineS = 1e9;  // a follower waiting for work: no deadline
+
+// Sets the watchdog's deadline for a scope, restoring it after.
+class DeadlineOverride {
+ public:
+  explicit DeadlineOverride(double seconds) : saved_(comm::Watchdog::instance().deadline()) {
+    comm::Watchdog::instance().set_deadline(seconds);
+  }
+  ~DeadlineOverride() { comm::Watchdog::instance().set_deadline(saved_); }
+  DeadlineOverride(const DeadlineOverride&) = delete;
+  DeadlineOverride& operator=(const DeadlineOverride&) = delete;
+
+ private:
+  double saved_;
+};
+
 // Every rank learns whether every rank got through start-up; the ones that did not throw
 // their own error, the others name them.
 void agree_on_startup(MPI_Comm world, const std::string& error) {
@@ -67,7 +84,14 @@ DistributedEngine::DistributedEngine(const ClusterOptions& options, MPI_Comm wor
     error = e.what();
     if (error.empty()) error = "unknown error";
   }
-  agree_on_startup(world_, error);
+  {
+    // Loading a rank's share of a large checkpoint can take minutes: the start-up agreement
+    // waits at least kStartupDeadlineS for the slowest rank.
+    const DeadlineOverride longer(
+        std::max(comm::Watchdog::instance().deadline(), kStartupDeadlineS));
+    comm::Watchdog::Scope scope("start-up");
+    agree_on_startup(world_, error);
+  }
 
   const EngineOptions& eo = options_.engine;
   slots_per_column_ = eo.max_sequences;
@@ -108,17 +132,14 @@ std::vector<std::vector<uint8_t>> DistributedEngine::command(const Command& c) {
 
 void DistributedEngine::serve() {
   MOERUN_CHECK(!is_leader(), "serve() is for ranks other than the leader");
-  comm::Watchdog& dog = comm::Watchdog::instance();
   for (;;) {
     std::vector<uint8_t> bytes;
     {
       // Waiting for work is not waiting for a peer in a step: no deadline (a dead leader
       // ends the job through mpirun).
-      const double deadline = dog.deadline();
-      dog.set_deadline(1e9);
+      const DeadlineOverride unbounded(kIdleDeadlineS);
       comm::Watchdog::Scope scope("waiting for the leader's next command");
       comm::broadcast_bytes(world_, 0, bytes, "command");
-      dog.set_deadline(deadline);
     }
     Command c;
     std::vector<uint8_t> reply;

@@ -5,6 +5,7 @@
 // layer; on the last stage also the head, sampling and the MTP block.
 #include <chrono>
 #include <cstring>
+#include <memory>
 
 #include "common/check_mpi.h"
 #include "common/error.h"
@@ -198,13 +199,23 @@ std::vector<uint8_t> DistributedEngine::run_step_part(const Command& c) {
   }
   const int prev = r.first ? -1 : static_cast<int>(layout_.rank_of(r.stage - 1, r.column));
   const int next = r.last ? -1 : static_cast<int>(layout_.rank_of(r.stage + 1, r.column));
+  // Hand-offs are packed in host memory; a device transport (nccl) moves them through
+  // buffers of its own.
+  const bool staged = r.pipe_transport && r.pipe_transport->memory() == comm::MemorySpace::kDevice;
   std::vector<std::vector<uint8_t>> inbox(static_cast<size_t>(M)), outbox(static_cast<size_t>(M));
+  std::vector<std::unique_ptr<comm::Buffer>> dev_in(static_cast<size_t>(M)),
+      dev_out(static_cast<size_t>(M));
   std::vector<comm::PendingOp> recvs(static_cast<size_t>(M)), sends;
   for (int64_t m = 0; m < M; ++m) {
     if (r.first || batches[m].rows() == 0) continue;
     inbox[m].resize(hand_off_bytes(batches[m].rows(), hc_dim));
-    recvs[m] = r.pipe_transport->irecv(prev, inbox[m].data(), inbox[m].size(),
-                                       kHandOffTagBase + static_cast<int>(m));
+    void* dst = inbox[m].data();
+    if (staged) {
+      dev_in[m] = r.pipe_transport->alloc(inbox[m].size());
+      dst = dev_in[m]->data();
+    }
+    recvs[m] =
+        r.pipe_transport->irecv(prev, dst, inbox[m].size(), kHandOffTagBase + static_cast<int>(m));
   }
 
   for (int64_t m = 0; m < M; ++m) {
@@ -216,6 +227,7 @@ std::vector<uint8_t> DistributedEngine::run_step_part(const Command& c) {
       } else {
         comm::Watchdog::Scope scope("pipeline receive", r.layer_begin);
         r.pipe_transport->wait(std::span<comm::PendingOp>(&recvs[m], 1));
+        if (staged) r.pipe_transport->to_host(inbox[m].data(), dev_in[m]->data(), inbox[m].size());
         unpack_hand_off(b, inbox[m].data(), hc_dim, h.data());
       }
     }
@@ -228,7 +240,13 @@ std::vector<uint8_t> DistributedEngine::run_step_part(const Command& c) {
       if (b.rows() > 0) {
         outbox[m].resize(hand_off_bytes(b.rows(), hc_dim));
         pack_hand_off(b, h.data(), hc_dim, outbox[m].data());
-        sends.push_back(r.pipe_transport->isend(next, outbox[m].data(), outbox[m].size(),
+        const void* src = outbox[m].data();
+        if (staged) {
+          dev_out[m] = r.pipe_transport->alloc(outbox[m].size());
+          r.pipe_transport->from_host(dev_out[m]->data(), src, outbox[m].size());
+          src = dev_out[m]->data();
+        }
+        sends.push_back(r.pipe_transport->isend(next, src, outbox[m].size(),
                                                 kHandOffTagBase + static_cast<int>(m)));
         r.stats.pipeline_sent += static_cast<int64_t>(outbox[m].size());
       }
