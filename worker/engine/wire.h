@@ -62,7 +62,7 @@ class ByteReader {
                  "message truncated: array of {} elements at offset {} of {}", n, pos_,
                  bytes_.size());
     std::vector<T> v(static_cast<size_t>(n));
-    std::memcpy(v.data(), bytes_.data() + pos_, v.size() * sizeof(T));
+    if (n > 0) std::memcpy(v.data(), bytes_.data() + pos_, v.size() * sizeof(T));
     pos_ += v.size() * sizeof(T);
     return v;
   }
