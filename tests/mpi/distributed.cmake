@@ -112,3 +112,15 @@ foreach(np 2 4)
   moerun_add_mpi_test(NAME mpi_distributed_api_np${np} NP ${np} TIMEOUT 300 LABELS distributed
                       COMMAND $<TARGET_FILE:test_distributed>)
 endforeach()
+
+# The nccl transport: on machines with a GPU per rank a pp=2 × ep=2 cluster over it must give
+# one process's logits; elsewhere it must be refused at start with a clear message.
+if(MOERUN_HAVE_CUDA)
+  moerun_add_cluster_test(mpi_worker_nccl_pp2_ep2
+    ${CMAKE_CURRENT_SOURCE_DIR}/nccl_or_refused.sh ${out}/worker_single_nccl.st
+    ${out}/worker_cluster_nccl.st
+    -- ${worker} ${worker_args} --model ${tiny}/checkpoint --single-process
+       --dump-logits ${out}/worker_single_nccl.st
+    -- ${mpirun} -np 4 ${worker} ${worker_args} --model ${tiny}/checkpoint --layout pp=2,ep=2
+       --transport nccl --deadline 60 --dump-logits ${out}/worker_cluster_nccl.st)
+endif()

@@ -52,7 +52,7 @@ void agree_on_startup(MPI_Comm world, const std::string& error) {
     summary.assign(failed.begin(), failed.end());
   }
   comm::broadcast_bytes(world, 0, summary, "start-up");
-  if (!error.empty()) MOERUN_THROW("{}", error);
+  if (!error.empty()) throw Error(error);  // as thrown on this rank (it names where)
   if (!summary.empty())
     MOERUN_THROW("start-up failed on other ranks: {}", std::string(summary.begin(), summary.end()));
 }
@@ -65,6 +65,7 @@ DistributedEngine::DistributedEngine(const ClusterOptions& options, MPI_Comm wor
   MOERUN_CHECK_MPI(MPI_Comm_rank(world_, &rank_));
   MOERUN_CHECK_MPI(MPI_Comm_size(world_, &size));
   comm::Watchdog::instance().set_world_rank(rank_);
+  set_process_rank(rank_);  // error and log lines name the rank from here on
   std::string error;
   try {
     const EngineOptions& eo = options_.engine;
