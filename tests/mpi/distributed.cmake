@@ -117,7 +117,7 @@ endforeach()
 # one process's logits; elsewhere it must be refused at start with a clear message.
 if(MOERUN_HAVE_CUDA)
   moerun_add_cluster_test(mpi_worker_nccl_pp2_ep2
-    ${CMAKE_CURRENT_SOURCE_DIR}/nccl_or_refused.sh ${out}/worker_single_nccl.st
+    ${same_output} --or-refused "nccl transport: no usable GPU" ${out}/worker_single_nccl.st
     ${out}/worker_cluster_nccl.st
     -- ${worker} ${worker_args} --model ${tiny}/checkpoint --single-process
        --dump-logits ${out}/worker_single_nccl.st
