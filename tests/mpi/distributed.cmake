@@ -124,3 +124,10 @@ if(MOERUN_HAVE_CUDA)
     -- ${mpirun} -np 4 ${worker} ${worker_args} --model ${tiny}/checkpoint --layout pp=2,ep=2
        --transport nccl --deadline 60 --dump-logits ${out}/worker_cluster_nccl.st)
 endif()
+
+# A bad request (a token outside the vocabulary) is refused by the leader with the reason and
+# every rank ends cleanly (no hang, no crash).
+moerun_add_cluster_test(mpi_worker_bad_request
+  ${expect_failure} 20 "token 99999 \\(index 1\\) is outside the vocabulary 0..1023"
+  -- ${mpirun} -np 4 ${worker} --model ${tiny}/checkpoint
+     --prompts ${CMAKE_CURRENT_SOURCE_DIR}/data/bad_prompts.txt --layout pp=2,ep=2 --threads 1)
