@@ -189,7 +189,8 @@ Capacity DistributedEngine::capacity() const {
   }
   cap.max_context = options_.engine.max_context;
   cap.max_batch_tokens = options_.engine.max_batch_tokens;
-  cap.kv_bytes = self_->pool->bytes() * options_.ep;  // per stage
+  // Rank 0 holds stage 0's share; the other stages' pools hold their own layers.
+  cap.kv_bytes = self_->pool->bytes() * options_.ep;  // stage 0 only
   return cap;
 }
 

@@ -57,7 +57,7 @@ struct Capacity {
   int64_t free_kv_blocks = 0;
   int64_t max_context = 0;
   int64_t max_batch_tokens = 0;
-  int64_t kv_bytes = 0;
+  int64_t kv_bytes = 0;  // a cluster: its first stage's pools (each stage holds its layers)
 };
 
 class StepEngine {
