@@ -158,7 +158,8 @@ struct Result {
 };
 
 // Validates one round, then times dispatch + combine and the baseline. Collective.
-Result run_case(moerun::comm::Transport& transport, int64_t k, int64_t T, int warmup, int iters) {
+Result run_case(moerun::comm::Transport& transport, int64_t k, int64_t T, int warmup, int iters,
+                int threads) {
   const int me = transport.rank(), n = transport.size();
   const ExpertPlacement pl{kExperts, n};
   std::vector<Inputs> all;
@@ -167,6 +168,7 @@ Result run_case(moerun::comm::Transport& transport, int64_t k, int64_t T, int wa
 
   // ---- validate --------------------------------------------------------------------------
   Dispatcher d(transport, pl);
+  d.set_threads(threads);
   const moerun::comm::Received& rv = d.dispatch(params_of(in, k));
   int64_t row = 0;
   for (int s = 0; s < n; ++s)
@@ -291,15 +293,18 @@ Result run_case(moerun::comm::Transport& transport, int64_t k, int64_t T, int wa
 }
 
 int run(int argc, char** argv) {
-  int iters = 30, warmup = 5;
+  int iters = 30, warmup = 5, threads = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--iters" && i + 1 < argc) {
       iters = std::stoi(argv[++i]);
     } else if (a == "--warmup" && i + 1 < argc) {
       warmup = std::stoi(argv[++i]);
+    } else if (a == "--threads" && i + 1 < argc) {
+      threads = std::stoi(argv[++i]);
     } else {
-      MOERUN_THROW("bench_dispatch: unknown argument '{}' (allowed: --iters N, --warmup N)", a);
+      MOERUN_THROW(
+          "bench_dispatch: unknown argument '{}' (allowed: --iters N, --warmup N, --threads N)", a);
     }
   }
   MOERUN_CHECK(iters >= 1 && warmup >= 0, "bench_dispatch: --iters {} must be ≥ 1, --warmup {} ≥ 0",
@@ -311,11 +316,12 @@ int run(int argc, char** argv) {
                kExperts);
   if (me == 0)
     std::printf(
-        "bench_dispatch: %d ranks, hidden %lld, %lld experts (%lld per rank), median of %d "
-        "iterations after %d warm-up; times are the slowest rank's\n"
+        "bench_dispatch: %d ranks, hidden %lld, %lld experts (%lld per rank), %d thread(s) per "
+        "rank for the Dispatcher's passes, median of %d iterations after %d warm-up; times are "
+        "the slowest rank's\n"
         "dispatch record %lld B (top-4) / %lld B (top-6), combine row %lld B\n\n",
         n, static_cast<long long>(kHidden), static_cast<long long>(kExperts),
-        static_cast<long long>(kExperts / n), iters, warmup,
+        static_cast<long long>(kExperts / n), threads, iters, warmup,
         static_cast<long long>(Dispatcher::dispatch_record_bytes(kHidden, 4)),
         static_cast<long long>(Dispatcher::dispatch_record_bytes(kHidden, 6)),
         static_cast<long long>(Dispatcher::combine_row_bytes(kHidden)));
@@ -328,7 +334,7 @@ int run(int argc, char** argv) {
           static_cast<long long>(k));
     for (int64_t T : {int64_t{1}, int64_t{16}, int64_t{128}, int64_t{512}}) {
       const Result r =
-          run_case(*transport, k, T, warmup, T >= 512 ? std::max(iters / 2, 1) : iters);
+          run_case(*transport, k, T, warmup, T >= 512 ? std::max(iters / 2, 1) : iters, threads);
       results[{k, T}] = r;
       if (me == 0) {
         const double algbw = r.bytes_per_rank / r.ours_s / 1e9;

@@ -25,6 +25,7 @@
 #include "bench/stream_bandwidth.h"
 #include "common/checkpoint_schema.h"
 #include "common/error.h"
+#include "common/process_stats.h"
 #include "worker/engine/engine.h"
 
 namespace {
@@ -35,14 +36,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-int64_t rss_bytes() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
-  return -1;
 }
 
 // Streaming read of a 1 GiB buffer (far above any L3), GB/s.
@@ -191,9 +184,9 @@ int main(int argc, char** argv) {
         return 1;
       }
     }
-    const int64_t rss0 = rss_bytes();
+    const int64_t rss0 = moerun::resident_bytes();
     Engine e6(o);
-    const int64_t rss_loaded = rss_bytes() - rss0;
+    const int64_t rss_loaded = moerun::resident_bytes() - rss0;
 
     const auto& c = e6.config();
     const double ckpt = static_cast<double>(e6.weights().checkpoint().total_bytes());
@@ -218,7 +211,7 @@ int main(int argc, char** argv) {
                 t6.prefill_tok_s);
 
     // Weights are mapped lazily; after a prefill and decodes every layer has been touched.
-    const int64_t rss_run = rss_bytes() - rss0;
+    const int64_t rss_run = moerun::resident_bytes() - rss0;
     std::printf("resident after running: %.1f MB = %.3f x (checkpoint + KV pool)\n", rss_run / 1e6,
                 rss_run / (ckpt + kvb));
 

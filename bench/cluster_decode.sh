@@ -1,7 +1,7 @@
 #!/bin/sh
 # Decode throughput of a cluster of moerun-worker ranks for ep = 1, 2, 4 (pp = 1) on this
 # machine, with the share of step time the ranks spend waiting in the data plane (dispatch /
-# combine), and of a 2-stage pipeline with 1 and 2 micro-batches (stages overlap only with
+# combine) and the largest resident memory of a rank, and of a 2-stage pipeline with 1 and 2 micro-batches (stages overlap only with
 # more than one). Not run by ctest.
 #
 #   bench/cluster_decode.sh BUILD_DIR [MODEL_DIR] [CORES]
@@ -44,7 +44,7 @@ python3 - "$tmp" <<'PY'
 import json, sys
 base = None
 print(f"{'run':>7} {'decode tok/s':>13} {'vs ep=1':>8} {'ms/step':>8} {'comm share':>11} "
-      f"{'dispatch B/tok/layer':>21} {'combine B/tok/layer':>20}")
+      f"{'dispatch B/tok/layer':>21} {'combine B/tok/layer':>20} {'max RSS/rank MB':>16}")
 for name in ("ep1", "ep2", "ep4", "pp2mb1", "pp2mb2"):
     j = json.load(open(f"{sys.argv[1]}/{name}.json"))
     tps = j["decode_tokens"] / j["decode_seconds"]
@@ -56,5 +56,6 @@ for name in ("ep1", "ep2", "ep4", "pp2mb1", "pp2mb2"):
     disp = sum(r["dispatch_bytes_sent"] for r in ranks) / toks if toks else 0
     comb = sum(r["combine_bytes_sent"] for r in ranks) / toks if toks else 0
     print(f"{name:>7} {tps:>13.1f} {tps / base:>8.2f} {1e3 * j['decode_seconds'] / j['decode_steps']:>8.1f} "
-          f"{(comm / step if step else 0):>11.2f} {disp:>21.0f} {comb:>20.0f}")
+          f"{(comm / step if step else 0):>11.2f} {disp:>21.0f} {comb:>20.0f} "
+          f"{max((r['resident_bytes'] for r in ranks), default=0) / 1e6:>16.0f}")
 PY

@@ -63,6 +63,9 @@ void report(engine::StepEngine& eng, const std::vector<engine::PromptResult>& re
         rs["combine_bytes_sent"] = s.combine_sent;
         rs["dispatch_tokens"] = s.dispatch_tokens;
         rs["pipeline_bytes_sent"] = s.pipeline_sent;
+        rs["resident_bytes"] = s.resident_bytes;
+        rs["experts"] = {s.expert_begin, s.expert_end};
+        rs["layers"] = {s.layer_begin, s.layer_end};
         j["ranks"].push_back(rs);
       }
     }

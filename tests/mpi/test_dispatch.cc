@@ -488,6 +488,34 @@ TEST_P(DispatchCase, DispatchCombineMatchExpectation) {
 // order or in descending id order changes bits. Example of the effect: (2^12 + −2^12) + 2^-12 =
 // 2^-12, but (2^12 + 2^-12) + −2^12 = 0 in fp32 (2^-12 is below half an ulp of 2^12); the pair
 // values span 2^-12 .. 2^12 by expert, so such cancellations happen in most rows for k ≥ 3.
+// The Dispatcher's local passes run on several threads over independent rows: the bytes
+// received and the combined sums must not change (and still match the expectation).
+TEST_P(DispatchCase, ThreadsDoNotChangeABit) {
+  const Case& c = GetParam();
+  const int me = world_rank(), n = world_size();
+  const int64_t E = c.num_experts(n), H = c.hidden, K = c.k;
+  const ExpertPlacement pl{E, n};
+  std::vector<Inputs> all;
+  for (int r = 0; r < n; ++r) all.push_back(make_inputs(c, r, n));
+  const Inputs& in = all[me];
+  Dispatcher one(transport(), pl), three(transport(), pl);
+  three.set_threads(3);
+  const Received& a = one.dispatch(params_of(in, H, K));
+  const Received& b = three.dispatch(params_of(in, H, K));
+  check_received(b, expected_pairs(all, pl, me, H, K), H, pl, me);
+  ASSERT_EQ(a.tokens, b.tokens);
+  EXPECT_TRUE(same_bits(a.x.data(), b.x.data(), a.tokens * H));
+  EXPECT_EQ(a.prefill, b.prefill);
+  EXPECT_EQ(a.source_rank, b.source_rank);
+  EXPECT_EQ(a.source_token, b.source_token);
+  ASSERT_EQ(a.pairs.size(), b.pairs.size());
+  const std::vector<float> pair_out = pair_outputs(b, H);
+  std::vector<float> out_a(static_cast<size_t>(in.tokens * H)), out_b(out_a.size());
+  one.combine({pair_out.data(), out_a.data()});
+  three.combine({pair_out.data(), out_b.data()});
+  EXPECT_TRUE(same_bits(out_a.data(), out_b.data(), in.tokens * H));
+}
+
 TEST_P(DispatchCase, OrderOfTheSumMatters) {
   const Case& c = GetParam();
   if (c.k < 3) GTEST_SKIP() << "two terms commute exactly";
@@ -683,6 +711,18 @@ TEST(DispatchErrors, NotActQuantizedThrowsBeforeCommunicating) {
   msg = error_of([&] { d.dispatch(params_of(in, c.hidden, c.k)); });
   EXPECT_NE(msg.find("activation row 0 block 0 is not act_quant'ed (value inf"), std::string::npos)
       << msg;
+  // Two bad rows with the encode pass on 3 threads (48 tokens × 4096 values is past the
+  // parallel threshold): the first one by token is reported.
+  {
+    const Case big{"bad_big", 12, 12, 4096, 3, {48}, Routing::kRandom, 42};
+    Dispatcher threaded(transport(), pl);
+    threaded.set_threads(3);
+    Inputs wide = make_inputs(big, me, n);
+    wide.x[40 * big.hidden + 9] = 0.1f;
+    wide.x[7 * big.hidden + 300] = 0.1f;
+    msg = error_of([&] { threaded.dispatch(params_of(wide, big.hidden, big.k)); });
+    EXPECT_NE(msg.find("activation row 7 block 2 is not act_quant'ed"), std::string::npos) << msg;
+  }
   EXPECT_NE(error_of([&] {
               d.combine({nullptr, nullptr});
             }).find("no dispatch"),

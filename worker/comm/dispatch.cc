@@ -43,6 +43,8 @@
 #include <cstring>
 #include <numeric>
 
+#include <omp.h>
+
 #include "common/error.h"
 #include "common/numfmt.h"
 
@@ -277,6 +279,9 @@ void ensure_capacity(Transport& t, std::unique_ptr<Buffer>& buf, size_t bytes) {
   buf = t.alloc(grown);
 }
 
+// Below this many elements a pass runs on one thread (a parallel region costs microseconds).
+constexpr int64_t kParallelMinElements = int64_t{1} << 16;
+
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -298,12 +303,14 @@ struct Dispatcher::State {
   // The last dispatch on the source side.
   bool dispatched = false;
   int64_t tokens = 0, hidden = 0, k = 0;
-  std::vector<int32_t> owner;             // [T, k] owning rank of each slot's expert
-  std::vector<int64_t> token_rows;        // [T, k] combine rows of t, ascending expert id
-  std::vector<int64_t> slot_rows;         // [k] scratch: combine rows of one token by slot
-  std::vector<const uint16_t*> sum_rows;  // [k] scratch: one token's rows, ascending id
-  std::vector<int64_t> id_stamp;          // [E] scratch: last token that used an id
-  std::vector<int64_t> rank_stamp;        // [ranks] scratch: last token sent to a rank
+  std::vector<int32_t> owner;         // [T, k] owning rank of each slot's expert
+  std::vector<int64_t> token_rows;    // [T, k] combine rows of t, ascending expert id
+  std::vector<int64_t> slot_rows;     // [k] scratch: combine rows of one token by slot
+  std::vector<int64_t> first_record;  // [T] the record t's codes are encoded into
+  std::vector<int64_t> copy_begin;    // [T + 1] t's other records: copies[copy_begin[t]..)
+  std::vector<int64_t> copies;        // record indices that take a copy of t's codes
+  std::vector<int64_t> id_stamp;      // [E] scratch: last token that used an id
+  std::vector<int64_t> rank_stamp;    // [ranks] scratch: last token sent to a rank
 
   Received received;
 };
@@ -329,6 +336,14 @@ Dispatcher::Dispatcher(Transport& transport, ExpertPlacement placement)
 }
 
 Dispatcher::~Dispatcher() = default;
+
+void Dispatcher::set_threads(int threads) {
+  threads_ = threads > 0 ? threads : omp_get_max_threads();
+}
+
+int Dispatcher::pass_threads(int64_t elements) const {
+  return elements >= kParallelMinElements ? threads_ : 1;
+}
 
 int64_t Dispatcher::dispatch_record_bytes(int64_t hidden, int64_t k) {
   return RecordLayout(hidden, k).bytes;
@@ -404,26 +419,29 @@ const Received& Dispatcher::dispatch(const DispatchParams& p) {
   }
   s.token_rows.resize(static_cast<size_t>(T * K));
   s.slot_rows.resize(static_cast<size_t>(K));
+  s.first_record.resize(static_cast<size_t>(T));
+  s.copy_begin.resize(static_cast<size_t>(T + 1));
+  s.copies.clear();
   std::fill(s.rank_stamp.begin(), s.rank_stamp.end(), -1);
   for (int64_t t = 0; t < T; ++t) {
     const int32_t* ids = p.expert_ids + t * K;
     const int32_t* own = s.owner.data() + t * K;
     const uint8_t prefill = t < p.prefill_rows ? 1 : 0;
     const auto token32 = static_cast<int32_t>(t);
-    const uint8_t* first = nullptr;  // t's codes and scales, encoded once
+    s.first_record[t] = -1;
+    s.copy_begin[t] = static_cast<int64_t>(s.copies.size());
     for (int64_t j = 0; j < K; ++j) {
       const int r = own[j];
       if (s.rank_stamp[r] == t) continue;
       s.rank_stamp[r] = t;
-      uint8_t* rec = out + s.cursor[r]++ * rec_bytes;
-      if (first == nullptr) {
-        int bad_e = 0;
-        const int64_t bad =
-            encode_row(p.x + t * H, H, rec, reinterpret_cast<int8_t*>(rec + layout.scales), &bad_e);
-        if (bad >= 0) throw_not_act_quant(t, bad, p.x[t * H + bad], bad_e);
-        first = rec;
+      const int64_t index = s.cursor[r]++;
+      uint8_t* rec = out + index * rec_bytes;
+      // The codes and scales are encoded once into t's first record (below, in parallel)
+      // and copied into the others.
+      if (s.first_record[t] < 0) {
+        s.first_record[t] = index;
       } else {
-        std::memcpy(rec, first, static_cast<size_t>(layout.ids));
+        s.copies.push_back(index);
       }
       for (int64_t i = 0; i < K; ++i) {
         const int32_t id = own[i] == r ? ids[i] : -1;
@@ -441,6 +459,30 @@ const Received& Dispatcher::dispatch(const DispatchParams& p) {
     std::iota(sorted, sorted + K, int64_t{0});
     std::sort(sorted, sorted + K, [ids](int64_t a, int64_t b) { return ids[a] < ids[b]; });
     for (int64_t i = 0; i < K; ++i) sorted[i] = rows[sorted[i]];
+  }
+  s.copy_begin[T] = static_cast<int64_t>(s.copies.size());
+  {
+    // Rows are independent: any thread count gives the same bytes. The first bad value (by
+    // token, then column) is reported.
+    int64_t bad_token = T, bad_column = -1;
+    int bad_exponent = 0;
+    const int threads = pass_threads(T * H);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < T; ++t) {
+      uint8_t* first = out + s.first_record[t] * rec_bytes;
+      int e = 0;
+      const int64_t bad =
+          encode_row(p.x + t * H, H, first, reinterpret_cast<int8_t*>(first + layout.scales), &e);
+      if (bad >= 0) {
+#pragma omp critical(moerun_dispatch_bad_value)
+        if (t < bad_token) bad_token = t, bad_column = bad, bad_exponent = e;
+        continue;
+      }
+      for (int64_t c = s.copy_begin[t]; c < s.copy_begin[t + 1]; ++c)
+        std::memcpy(out + s.copies[c] * rec_bytes, first, static_cast<size_t>(layout.ids));
+    }
+    if (bad_token < T)
+      throw_not_act_quant(bad_token, bad_column, p.x[bad_token * H + bad_column], bad_exponent);
   }
 
   // ---- exchange ------------------------------------------------------------------------------
@@ -476,18 +518,26 @@ const Received& Dispatcher::dispatch(const DispatchParams& p) {
   rv.source_token.resize(static_cast<size_t>(recv_total));
   rv.pairs.clear();
   const int64_t own_begin = placement_.begin(me), own_end = placement_.end(me);
+  {
+    int64_t row = 0;
+    for (int src = 0; src < ranks; ++src)
+      for (int64_t i = 0; i < s.records_from[src]; ++i) rv.source_rank[row++] = src;
+    const int threads = pass_threads(recv_total * H);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < recv_total; ++r) {
+      const uint8_t* rec = in + r * rec_bytes;
+      decode_row(rec, reinterpret_cast<const int8_t*>(rec + layout.scales), H, rv.x.data() + r * H);
+      int32_t token = 0;
+      std::memcpy(&token, rec + layout.token, 4);
+      rv.prefill[r] = rec[layout.prefill];
+      rv.source_token[r] = token;
+    }
+  }
   int64_t row = 0;
   for (int src = 0; src < ranks; ++src) {
     const size_t pairs_before = rv.pairs.size();
     for (int64_t i = 0; i < s.records_from[src]; ++i, ++row) {
       const uint8_t* rec = in + row * rec_bytes;
-      decode_row(rec, reinterpret_cast<const int8_t*>(rec + layout.scales), H,
-                 rv.x.data() + row * H);
-      int32_t token = 0;
-      std::memcpy(&token, rec + layout.token, 4);
-      rv.prefill[row] = rec[layout.prefill];
-      rv.source_rank[row] = src;
-      rv.source_token[row] = token;
       for (int64_t j = 0; j < K; ++j) {
         int32_t id = 0;
         float w = 0.0f;
@@ -540,17 +590,26 @@ void Dispatcher::combine(const CombineParams& p) {
   if (!host && s.stage_send.size() < send_size) s.stage_send.resize(send_size);
   auto* rows_out = reinterpret_cast<uint16_t*>(host ? static_cast<uint8_t*>(s.combine_send->data())
                                                     : s.stage_send.data());
-  for (int64_t i = 0; i < P; ++i) {
-    const int64_t bad = to_bf16_exact(p.pair_out + i * H, H, rows_out + i * H);
-    if (bad >= 0) {
-      const Received::Pair& pr = rv.pairs[i];
-      const float v = p.pair_out[i * H + bad];
-      MOERUN_THROW(
-          "combine: pair {} (expert {}, source rank {} token {}) output column {} is not a "
-          "bf16 value (value {} = {:#010x})",
-          i, pr.expert, rv.source_rank[pr.token], rv.source_token[pr.token], bad, v,
-          std::bit_cast<uint32_t>(v));
+  int64_t bad_pair = P, bad_column = -1;
+  {
+    const int threads = pass_threads(P * H);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < P; ++i) {
+      const int64_t bad = to_bf16_exact(p.pair_out + i * H, H, rows_out + i * H);
+      if (bad >= 0) {
+#pragma omp critical(moerun_combine_bad_value)
+        if (i < bad_pair) bad_pair = i, bad_column = bad;
+      }
     }
+  }
+  if (bad_pair < P) {
+    const Received::Pair& pr = rv.pairs[bad_pair];
+    const float v = p.pair_out[bad_pair * H + bad_column];
+    MOERUN_THROW(
+        "combine: pair {} (expert {}, source rank {} token {}) output column {} is not a "
+        "bf16 value (value {} = {:#010x})",
+        bad_pair, pr.expert, rv.source_rank[pr.token], rv.source_token[pr.token], bad_column, v,
+        std::bit_cast<uint32_t>(v));
   }
   int64_t send_off = 0, recv_off = 0;
   for (int r = 0; r < ranks; ++r) {
@@ -575,11 +634,18 @@ void Dispatcher::combine(const CombineParams& p) {
 
   // ---- ordered sum: out[t] = ((+0 + y_e1) + y_e2) + ..., e1 < e2 < ... ----------------------
   const auto* rows_in = reinterpret_cast<const uint16_t*>(in);
-  s.sum_rows.resize(static_cast<size_t>(K));
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t* rows = s.token_rows.data() + t * K;
-    for (int64_t i = 0; i < K; ++i) s.sum_rows[i] = rows_in + rows[i] * H;
-    sum_bf16_rows(s.sum_rows.data(), K, H, p.out + t * H);
+  {
+    const int threads = pass_threads(T * K * H);
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<const uint16_t*> sum_rows(static_cast<size_t>(K));
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t* rows = s.token_rows.data() + t * K;
+        for (int64_t i = 0; i < K; ++i) sum_rows[i] = rows_in + rows[i] * H;
+        sum_bf16_rows(sum_rows.data(), K, H, p.out + t * H);
+      }
+    }
   }
 
   for (int r = 0; r < ranks; ++r) {

@@ -96,6 +96,10 @@ class Dispatcher {
   // Collective over the group; pairs the previous dispatch.
   void combine(const CombineParams& p);
 
+  // Threads for the local passes (encode, decode, bf16 conversion, ordered sum; rows are
+  // independent, so the bytes do not depend on it). Default 1; ≤ 0: OpenMP's default.
+  void set_threads(int threads);
+
   const ExpertPlacement& placement() const { return placement_; }
   const ExchangeStats& stats() const { return stats_; }
   void reset_stats() { stats_ = {}; }
@@ -108,7 +112,10 @@ class Dispatcher {
   struct State;
   Transport& transport_;
   ExpertPlacement placement_;
+  int pass_threads(int64_t elements) const;  // threads_ for big passes, 1 for small ones
+
   ExchangeStats stats_;
+  int threads_ = 1;
   std::unique_ptr<State> state_;
 };
 

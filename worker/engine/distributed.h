@@ -53,6 +53,9 @@ struct RankStats {
   int64_t dispatch_sent = 0, combine_sent = 0, token_copies_sent = 0, pairs_sent = 0;
   int64_t dispatch_tokens = 0;  // tokens this rank dispatched (per MoE layer call, summed)
   int64_t pipeline_sent = 0;    // bytes of hand-offs to the next stage
+  int64_t resident_bytes = 0;   // the process's resident memory when asked
+  int64_t expert_begin = 0, expert_end = 0;  // the routed experts this rank holds
+  int64_t layer_begin = 0, layer_end = 0;    // its layers (main and MTP)
 };
 
 class DistributedEngine : public StepEngine {

@@ -10,6 +10,7 @@
 #include "common/check_mpi.h"
 #include "common/error.h"
 #include "common/numfmt.h"
+#include "common/process_stats.h"
 #include "worker/comm/watchdog.h"
 #include "worker/engine/distributed_rank.h"
 #include "worker/engine/remote_observer.h"
@@ -93,6 +94,7 @@ void DistributedEngine::setup_rank() {
     placement.num_experts = config_.n_routed_experts;
     placement.ranks = static_cast<int>(layout_.ep);
     r.dispatcher = std::make_unique<comm::Dispatcher>(*r.stage_transport, placement);
+    r.dispatcher->set_threads(eo.num_threads);
     r.model->set_dispatcher(r.dispatcher.get(), static_cast<int>(r.column));
   }
   if (layout_.pp > 1) r.pipe_transport = comm::make_transport(options_.transport, world_);
@@ -123,6 +125,11 @@ std::vector<uint8_t> DistributedEngine::execute(const Command& c) {
     case CommandKind::kStats: {
       ByteWriter w;
       RankStats s = r.stats;
+      s.resident_bytes = resident_bytes();
+      s.expert_begin = r.weights->expert_begin;
+      s.expert_end = r.weights->expert_end;
+      s.layer_begin = layout_.stage_layers[r.stage].first;
+      s.layer_end = layout_.stage_layers[r.stage].second;
       if (r.dispatcher) {
         const comm::ExchangeStats& x = r.dispatcher->stats();
         s.dispatch_sent = x.dispatch_sent;
