@@ -196,7 +196,7 @@ std::vector<int32_t> ascending(const int32_t* ids, int64_t k) {
 }
 
 bool same_bits(const float* a, const float* b, int64_t n) {
-  return std::memcmp(a, b, static_cast<size_t>(n) * sizeof(float)) == 0;
+  return n == 0 || std::memcmp(a, b, static_cast<size_t>(n) * sizeof(float)) == 0;
 }
 
 DispatchParams params_of(const Inputs& in, int64_t H, int64_t K) {
