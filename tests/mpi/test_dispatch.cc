@@ -411,6 +411,18 @@ std::vector<Case> cases() {
   };
 }
 
+// A case's placement and every rank's inputs (each rank regenerates all of them).
+struct CaseSetup {
+  explicit CaseSetup(const Case& cs)
+      : c(cs), me(world_rank()), n(world_size()), pl{cs.num_experts(n), n} {
+    for (int r = 0; r < n; ++r) all.push_back(make_inputs(c, r, n));
+  }
+  Case c;
+  int me, n;
+  ExpertPlacement pl;
+  std::vector<Inputs> all;
+};
+
 class DispatchCase : public ::testing::TestWithParam<Case> {};
 
 // The inputs are what the test says they are: valid act_quant outputs.
@@ -425,12 +437,12 @@ TEST_P(DispatchCase, InputsAreActQuantOutputs) {
 }
 
 TEST_P(DispatchCase, DispatchCombineMatchExpectation) {
-  const Case& c = GetParam();
-  const int me = world_rank(), n = world_size();
-  const int64_t E = c.num_experts(n), H = c.hidden, K = c.k;
-  const ExpertPlacement pl{E, n};
-  std::vector<Inputs> all;
-  for (int r = 0; r < n; ++r) all.push_back(make_inputs(c, r, n));
+  const CaseSetup cs(GetParam());
+  const Case& c = cs.c;
+  const int me = cs.me, n = cs.n;
+  const int64_t H = c.hidden, K = c.k;
+  const ExpertPlacement& pl = cs.pl;
+  const std::vector<Inputs>& all = cs.all;
   const Inputs& in = all[me];
 
   Dispatcher d(transport(), pl);
@@ -484,19 +496,15 @@ TEST_P(DispatchCase, DispatchCombineMatchExpectation) {
   EXPECT_GT(got.seconds, 0.0);
 }
 
-// A wrong order of the sum would be caught: with these values, summing t's outputs in slot
-// order or in descending id order changes bits. Example of the effect: (2^12 + −2^12) + 2^-12 =
-// 2^-12, but (2^12 + 2^-12) + −2^12 = 0 in fp32 (2^-12 is below half an ulp of 2^12); the pair
-// values span 2^-12 .. 2^12 by expert, so such cancellations happen in most rows for k ≥ 3.
 // The Dispatcher's local passes run on several threads over independent rows: the bytes
 // received and the combined sums must not change (and still match the expectation).
 TEST_P(DispatchCase, ThreadsDoNotChangeABit) {
-  const Case& c = GetParam();
-  const int me = world_rank(), n = world_size();
-  const int64_t E = c.num_experts(n), H = c.hidden, K = c.k;
-  const ExpertPlacement pl{E, n};
-  std::vector<Inputs> all;
-  for (int r = 0; r < n; ++r) all.push_back(make_inputs(c, r, n));
+  const CaseSetup cs(GetParam());
+  const Case& c = cs.c;
+  const int me = cs.me;
+  const int64_t H = c.hidden, K = c.k;
+  const ExpertPlacement& pl = cs.pl;
+  const std::vector<Inputs>& all = cs.all;
   const Inputs& in = all[me];
   Dispatcher one(transport(), pl), three(transport(), pl);
   three.set_threads(3);
@@ -516,6 +524,10 @@ TEST_P(DispatchCase, ThreadsDoNotChangeABit) {
   EXPECT_TRUE(same_bits(out_a.data(), out_b.data(), in.tokens * H));
 }
 
+// A wrong order of the sum would be caught: with these values, summing t's outputs in slot
+// order or in descending id order changes bits. Example of the effect: (2^12 + −2^12) + 2^-12 =
+// 2^-12, but (2^12 + 2^-12) + −2^12 = 0 in fp32 (2^-12 is below half an ulp of 2^12); the pair
+// values span 2^-12 .. 2^12 by expert, so such cancellations happen in most rows for k ≥ 3.
 TEST_P(DispatchCase, OrderOfTheSumMatters) {
   const Case& c = GetParam();
   if (c.k < 3) GTEST_SKIP() << "two terms commute exactly";
