@@ -83,7 +83,7 @@ moerun_add_cluster_test(mpi_worker_same_logits_cluster_file
 # Faults: a stalled rank and an exiting rank end the whole job within the deadline, and the
 # output names them.
 moerun_add_cluster_test(mpi_worker_fault_stall
-  ${expect_failure} 20 "still waiting for ranks \\[3\\]"
+  ${expect_failure} 20 "rank 2 .* at step 0 layer 3 phase moe dispatch\; still waiting for ranks \\[3\\]"
   -- ${mpirun} -np 4 ${worker} ${worker_args} --model ${tiny}/checkpoint --layout pp=2,ep=2 --deadline 3
      --fault rank=3,layer=3,action=stall)
 moerun_add_cluster_test(mpi_worker_fault_exit

@@ -128,6 +128,7 @@ std::vector<std::vector<uint8_t>> DistributedEngine::command(const Command& c) {
     std::fflush(stderr);
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
+  const comm::Watchdog::Scope scope("results");
   return comm::gather_bytes(world_, 0, reply, "results");
 }
 
@@ -153,7 +154,10 @@ void DistributedEngine::serve() {
       std::fflush(stderr);
       MPI_Abort(MPI_COMM_WORLD, 1);
     }
-    comm::gather_bytes(world_, 0, reply, "results");
+    {
+      const comm::Watchdog::Scope scope("results");
+      comm::gather_bytes(world_, 0, reply, "results");
+    }
     if (c.kind == CommandKind::kShutdown) return;
   }
 }

@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "kernels/cpu/canonical.h"
+#include "worker/comm/watchdog.h"
 #include "worker/model/model.h"
 
 namespace moerun::model {
@@ -71,13 +72,17 @@ void Model::moe(int64_t layer, const StepBatch& batch, const float* x, float* ou
     dp.x = xq.data();
     dp.expert_ids = ids.data();
     dp.weights = wts.data();
-    const comm::Received& rc = dispatcher_->dispatch(dp);
+    const comm::Received& rc = [&]() -> const comm::Received& {
+      const comm::Watchdog::Scope scope("moe dispatch", layer);
+      return dispatcher_->dispatch(dp);
+    }();
     std::vector<float> pair_out(rc.pairs.size() * static_cast<size_t>(d));
     run_experts(mw, rc.x.data(), rc.prefill.data(), rc.pairs, pair_out.data(), xq.data(),
                 all_rows(batch), ys.data());
     comm::CombineParams cp;
     cp.pair_out = pair_out.data();
     cp.out = y.data();
+    const comm::Watchdog::Scope scope("moe combine", layer);
     dispatcher_->combine(cp);
   } else {
     // Every (row, slot) pair is local: pair i·k + s is row i's slot s.
