@@ -108,7 +108,7 @@ moerun_add_cluster_test(mpi_worker_bad_stage_layers
 # The leader API: bad requests, per-column capacity, leader-only calls.
 moerun_add_mpi_gtest_executable(test_distributed test_distributed.cc)
 target_link_libraries(test_distributed PRIVATE moerun_worker)
-foreach(np 2 4)
+foreach(np 1 2 4)
   moerun_add_mpi_test(NAME mpi_distributed_api_np${np} NP ${np} TIMEOUT 300 LABELS distributed
                       COMMAND $<TARGET_FILE:test_distributed>)
 endforeach()

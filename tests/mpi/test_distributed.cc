@@ -1,5 +1,5 @@
-// The distributed engine's leader API on a small cluster (mpirun -np 2: pp=1, ep=2;
-// -np 4: pp=2, ep=2) of the golden tiny checkpoint: bad requests are errors that change
+// The distributed engine's leader API on a small cluster (mpirun -np 1: pp=1, ep=1; -np 2:
+// pp=1, ep=2; -np 4: pp=2, ep=2) of the golden tiny checkpoint: bad requests are errors that change
 // nothing on any rank — the sequence continues bit-identically to a single-process engine —
 // capacity is per column and exact, and the leader-only API refuses other ranks. Every TEST
 // builds the cluster collectively: rank 0 runs the checks, the others serve.
@@ -152,7 +152,48 @@ TEST(Distributed, CapacityIsPerColumnAndExact) {
     eng.free_sequence(seqs[0]);
     EXPECT_EQ(eng.capacity().free_sequences, 1);
     EXPECT_EQ(eng.capacity().free_kv_blocks, 1);
-    EXPECT_EQ(eng.length(seqs.back()), columns > 1 ? 40 : 0);
+    if (columns > 1) {
+      EXPECT_EQ(eng.length(seqs[1]), 40);
+    }
+  });
+}
+
+// Each rank holds exactly its share — its stage's layers (the MTP block on the last stage) and
+// its column's 1/ep of the routed experts — and tokens are exchanged only when ep > 1.
+TEST(Distributed, EachRankHoldsItsShare) {
+  const ClusterOptions co = cluster_options(engine_options());
+  on_cluster(co, [&](DistributedEngine& eng) {
+    const moerun::engine::SeqId s = eng.add_sequence();
+    eng.step({{s, tokens(20, 9), false}});
+    const auto stats = eng.stats();
+    const moerun::ModelConfig& c = eng.config();
+    ASSERT_EQ(static_cast<int64_t>(stats.size()), co.pp * co.ep);
+    int64_t layers_seen = 0, dispatched = 0, remote_pairs = 0;
+    for (const moerun::engine::RankStats& r : stats) {
+      const int64_t stage = r.rank / co.ep, column = r.rank % co.ep;
+      const int64_t per = c.n_routed_experts / co.ep;
+      EXPECT_EQ(r.expert_begin, column * per) << "rank " << r.rank;
+      EXPECT_EQ(r.expert_end, (column + 1) * per) << "rank " << r.rank;
+      EXPECT_EQ(r.layer_begin, eng.layout().stage_layers[stage].first);
+      EXPECT_EQ(r.layer_end, eng.layout().stage_layers[stage].second);
+      if (column == 0) layers_seen += r.layer_end - r.layer_begin;
+      if (stage == co.pp - 1) {
+        EXPECT_EQ(r.layer_end, c.num_layers_total());
+      }
+      EXPECT_GT(r.resident_bytes, 0);
+      EXPECT_EQ(r.steps, 1);
+      dispatched += r.dispatch_tokens;
+      remote_pairs += r.pairs_sent;
+    }
+    EXPECT_EQ(layers_seen, c.num_layers_total());
+    if (co.ep > 1) {
+      // The sequence's 20 tokens went through every main MoE layer's dispatch, and the MTP
+      // block's 19 rows (positions 0..18: token t+1 is known) through its own.
+      EXPECT_EQ(dispatched, 20 * c.num_hidden_layers + 19);
+      EXPECT_GT(remote_pairs, 0);
+    } else {
+      EXPECT_EQ(dispatched, 0);  // one column: every expert is local, nothing is exchanged
+    }
   });
 }
 
