@@ -59,9 +59,9 @@ void report(engine::StepEngine& eng, const std::vector<engine::PromptResult>& re
         rs["steps"] = s.steps;
         rs["step_seconds"] = s.step_seconds;
         rs["comm_seconds"] = s.comm_seconds;
-        rs["dispatch_bytes_sent"] = s.dispatch_sent;
-        rs["combine_bytes_sent"] = s.combine_sent;
-        rs["dispatch_tokens"] = s.dispatch_tokens;
+        rs["dispatch_bytes_sent"] = s.exchange.dispatch_sent;
+        rs["combine_bytes_sent"] = s.exchange.combine_sent;
+        rs["dispatch_tokens"] = s.exchange.tokens;
         rs["pipeline_bytes_sent"] = s.pipeline_sent;
         rs["resident_bytes"] = s.resident_bytes;
         rs["experts"] = {s.expert_begin, s.expert_end};

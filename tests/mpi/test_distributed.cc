@@ -182,8 +182,8 @@ TEST(Distributed, EachRankHoldsItsShare) {
       }
       EXPECT_GT(r.resident_bytes, 0);
       EXPECT_EQ(r.steps, 1);
-      dispatched += r.dispatch_tokens;
-      remote_pairs += r.pairs_sent;
+      dispatched += r.exchange.tokens;
+      remote_pairs += r.exchange.pairs_sent;
     }
     EXPECT_EQ(layers_seen, c.num_layers_total());
     if (co.ep > 1) {

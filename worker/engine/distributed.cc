@@ -272,11 +272,13 @@ std::vector<StepResult> DistributedEngine::step(const std::vector<StepRequest>& 
   c.step = step_counter_++;
   c.observe = obs != nullptr;
   int64_t busiest = 0;
+  std::vector<size_t> order(requests.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_partition(order.begin(), order.end(),
+                        [&](size_t i) { return requests[i].phase == kernels::RowPhase::kPrefill; });
   std::vector<std::vector<size_t>> by_column(columns_.size());
-  for (int pass = 1; pass >= 0; --pass)
-    for (size_t i = 0; i < requests.size(); ++i)
-      if ((requests[i].phase == kernels::RowPhase::kPrefill) == (pass == 1))
-        by_column[static_cast<size_t>(seqs_.at(requests[i].seq).column)].push_back(i);
+  for (size_t i : order)
+    by_column[static_cast<size_t>(seqs_.at(requests[i].seq).column)].push_back(i);
   for (const auto& list : by_column) busiest = std::max<int64_t>(busiest, list.size());
   c.micro_batches = static_cast<int32_t>(std::clamp<int64_t>(busiest, 1, options_.micro_batches));
   for (size_t d = 0; d < by_column.size(); ++d) {
@@ -314,15 +316,7 @@ std::vector<StepResult> DistributedEngine::step(const std::vector<StepRequest>& 
     if (reply.empty()) continue;
     const auto n = rd.get<int64_t>();
     for (int64_t i = 0; i < n; ++i) {
-      StepResult res;
-      res.seq = rd.get<int64_t>();
-      res.first_position = rd.get<int64_t>();
-      res.rows = rd.get<int64_t>();
-      res.mtp_first_position = rd.get<int64_t>();
-      res.mtp_rows = rd.get<int64_t>();
-      res.token = rd.get<int32_t>();
-      res.logits = rd.get_array<float>();
-      res.mtp_logits = rd.get_array<float>();
+      StepResult res = decode_result(rd);
       MOERUN_CHECK(
           res.logits.empty() || static_cast<int64_t>(res.logits.size()) == res.rows * vocab,
           "step: sequence {} came back with {} logits for {} rows", res.seq, res.logits.size(),
@@ -337,12 +331,9 @@ std::vector<StepResult> DistributedEngine::step(const std::vector<StepRequest>& 
     auto it = by_seq.find(r.seq);
     MOERUN_CHECK(it != by_seq.end(), "step: no result came back for sequence {}", r.seq);
     out.push_back(std::move(it->second));
-    SeqInfo& s = seqs_.at(r.seq);
-    const int64_t end = s.length + static_cast<int64_t>(r.tokens.size());
-    columns_[s.column].free_blocks -=
-        self_->pool->blocks_for(end) - self_->pool->blocks_for(s.length);
-    s.length = end;
+    seqs_.at(r.seq).length += static_cast<int64_t>(r.tokens.size());
   }
+  for (size_t d = 0; d < columns_.size(); ++d) columns_[d].free_blocks -= col_blocks[d];
   return out;
 }
 

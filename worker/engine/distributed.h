@@ -24,6 +24,7 @@
 
 #include <mpi.h>
 
+#include "worker/comm/dispatch.h"
 #include "worker/comm/transport.h"
 #include "worker/comm/watchdog.h"
 #include "worker/engine/engine.h"
@@ -48,15 +49,15 @@ struct ClusterOptions {
 struct RankStats {
   int32_t rank = 0;
   int64_t steps = 0;
-  double step_seconds = 0.0;  // inside kStep commands
-  double comm_seconds = 0.0;  // of which waiting in the data plane (dispatch/combine, hand-off)
-  int64_t dispatch_sent = 0, combine_sent = 0, token_copies_sent = 0, pairs_sent = 0;
-  int64_t dispatch_tokens = 0;  // tokens this rank dispatched (per MoE layer call, summed)
-  int64_t pipeline_sent = 0;    // bytes of hand-offs to the next stage
-  int64_t resident_bytes = 0;   // the process's resident memory when asked
+  double step_seconds = 0.0;     // inside kStep commands
+  double comm_seconds = 0.0;     // of which waiting in the data plane (dispatch/combine, hand-off)
+  comm::ExchangeStats exchange;  // its Dispatcher's counters (zero with ep = 1)
+  int64_t pipeline_sent = 0;     // bytes of hand-offs to the next stage
+  int64_t resident_bytes = 0;    // the process's resident memory when asked
   int64_t expert_begin = 0, expert_end = 0;  // the routed experts this rank holds
   int64_t layer_begin = 0, layer_end = 0;    // its layers (main and MTP)
 };
+static_assert(std::is_trivially_copyable_v<RankStats>);  // sent to the leader as bytes
 
 class DistributedEngine : public StepEngine {
  public:

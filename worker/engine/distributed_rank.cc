@@ -130,14 +130,7 @@ std::vector<uint8_t> DistributedEngine::execute(const Command& c) {
       s.expert_end = r.weights->expert_end;
       s.layer_begin = layout_.stage_layers[r.stage].first;
       s.layer_end = layout_.stage_layers[r.stage].second;
-      if (r.dispatcher) {
-        const comm::ExchangeStats& x = r.dispatcher->stats();
-        s.dispatch_sent = x.dispatch_sent;
-        s.combine_sent = x.combine_sent;
-        s.token_copies_sent = x.token_copies_sent;
-        s.pairs_sent = x.pairs_sent;
-        s.dispatch_tokens = x.tokens;
-      }
+      if (r.dispatcher) s.exchange = r.dispatcher->stats();
       w.put(s);
       return std::move(w.bytes());
     }
@@ -191,17 +184,10 @@ std::vector<uint8_t> DistributedEngine::run_step_part(const Command& c) {
       const PlanRequest& q = c.requests[i];
       kv::SequenceKv& kv = r.seqs.at(q.seq);
       r.pool->reserve(kv, q.start + q.num_tokens);
-      model::Segment seg;
-      seg.kv = &kv;
-      seg.start = q.start;
-      seg.begin = b.rows();
-      seg.count = q.num_tokens;
-      for (int64_t t = 0; t < q.num_tokens; ++t) {
-        b.tokens.push_back(c.tokens[offset[i] + t]);
-        b.positions.push_back(static_cast<int32_t>(q.start + t));
-      }
-      b.segments.push_back(seg);
-      if (q.prefill) b.prefill_rows = b.rows();
+      b.add(&kv, q.start,
+            std::span<const int32_t>(c.tokens).subspan(static_cast<size_t>(offset[i]),
+                                                       static_cast<size_t>(q.num_tokens)),
+            q.prefill != 0);
     }
   }
   const int prev = r.first ? -1 : static_cast<int>(layout_.rank_of(r.stage - 1, r.column));
@@ -274,15 +260,7 @@ std::vector<uint8_t> DistributedEngine::run_step_part(const Command& c) {
     std::vector<StepResult> res;
     run_step_tail(*r.model, *r.pool, b, h.data(), tail, options_.engine.mtp, res, obs);
     for (size_t j = 0; j < res.size(); ++j) {
-      const StepResult& s = res[j];
-      results.put<int64_t>(c.requests[mb[m][j]].seq);
-      results.put(s.first_position);
-      results.put(s.rows);
-      results.put(s.mtp_first_position);
-      results.put(s.mtp_rows);
-      results.put(s.token);
-      results.put_array(s.logits);
-      results.put_array(s.mtp_logits);
+      encode_result(results, c.requests[mb[m][j]].seq, res[j]);
       ++num_results;
     }
   }
@@ -322,10 +300,7 @@ std::vector<uint8_t> DistributedEngine::run_isolated_part(const Command& c) {
   if (r.column == 0) {  // column 0 computes; the others take part in the expert exchange
     tmp = r.pool->acquire();
     r.pool->reserve(tmp, n);
-    b.tokens = c.tokens;
-    for (int64_t i = 0; i < n; ++i) b.positions.push_back(static_cast<int32_t>(i));
-    b.segments.push_back({&tmp, 0, 0, n});
-    b.prefill_rows = n;
+    b.add(&tmp, 0, c.tokens, true);
     h = c.h;
     if (c.mtp) {
       std::vector<float> x(h.size());

@@ -155,17 +155,7 @@ std::vector<StepResult> Engine::step_ordered(const std::vector<StepRequest>& req
   for (const StepRequest& r : requests) {
     Sequence& s = sequences_.at(r.seq);
     pool_->reserve(s.kv, s.kv.length + static_cast<int64_t>(r.tokens.size()));
-    model::Segment seg;
-    seg.kv = &s.kv;
-    seg.start = s.kv.length;
-    seg.begin = batch.rows();
-    seg.count = static_cast<int64_t>(r.tokens.size());
-    for (int64_t i = 0; i < seg.count; ++i) {
-      batch.tokens.push_back(r.tokens[i]);
-      batch.positions.push_back(static_cast<int32_t>(seg.start + i));
-    }
-    batch.segments.push_back(seg);
-    if (r.phase == kernels::RowPhase::kPrefill) batch.prefill_rows = batch.rows();
+    batch.add(&s.kv, s.kv.length, r.tokens, r.phase == kernels::RowPhase::kPrefill);
   }
 
   std::vector<StepResult> results(requests.size());
@@ -211,10 +201,7 @@ std::vector<float> Engine::run_isolated(int64_t layer, std::span<const float> h_
   try {
     pool_->reserve(tmp, n);
     model::StepBatch batch;
-    batch.tokens.assign(tokens.begin(), tokens.end());
-    for (int64_t i = 0; i < n; ++i) batch.positions.push_back(static_cast<int32_t>(i));
-    batch.segments.push_back({&tmp, 0, 0, n});
-    batch.prefill_rows = n;
+    batch.add(&tmp, 0, tokens, true);
     if (mtp) {
       std::vector<float> x(h.size());
       model_->mtp_input(batch, h.data(), layer, x.data());

@@ -1,38 +1,14 @@
-// Command wire format: a fixed header, then the arrays in declaration order.
+// Wire formats of commands (a fixed header, then the arrays in declaration order) and of
+// step results.
 #include "worker/engine/plan.h"
 
 #include "common/error.h"
 #include "worker/engine/wire.h"
 
 namespace moerun::engine {
-namespace {
-
-struct Header {
-  CommandKind kind;
-  int32_t column;
-  int64_t step;
-  int64_t seq;
-  int64_t layer;
-  int32_t micro_batches;
-  uint8_t observe;
-  uint8_t mtp;
-};
-static_assert(std::is_trivially_copyable_v<Header>);
-
-}  // namespace
-
 std::vector<uint8_t> encode_command(const Command& c) {
   ByteWriter w;
-  Header h{};
-  h.kind = c.kind;
-  h.column = c.column;
-  h.step = c.step;
-  h.seq = c.seq;
-  h.layer = c.layer;
-  h.micro_batches = c.micro_batches;
-  h.observe = c.observe;
-  h.mtp = c.mtp;
-  w.put(h);
+  w.put(static_cast<const CommandHeader&>(c));
   w.put_array(c.requests);
   w.put_array(c.tokens);
   w.put_array(c.h);
@@ -41,22 +17,14 @@ std::vector<uint8_t> encode_command(const Command& c) {
 
 Command decode_command(std::span<const uint8_t> bytes) {
   ByteReader r(bytes);
-  const auto h = r.get<Header>();
-  MOERUN_CHECK(h.kind >= CommandKind::kAddSequence && h.kind <= CommandKind::kShutdown,
-               "command: unknown kind {}", static_cast<int32_t>(h.kind));
   Command c;
-  c.kind = h.kind;
-  c.column = h.column;
-  c.step = h.step;
-  c.seq = h.seq;
-  c.layer = h.layer;
-  c.micro_batches = h.micro_batches;
-  c.observe = h.observe;
-  c.mtp = h.mtp;
+  static_cast<CommandHeader&>(c) = r.get<CommandHeader>();
+  MOERUN_CHECK(c.kind >= CommandKind::kAddSequence && c.kind <= CommandKind::kShutdown,
+               "command: unknown kind {}", static_cast<int32_t>(c.kind));
   c.requests = r.get_array<PlanRequest>();
   c.tokens = r.get_array<int32_t>();
   c.h = r.get_array<float>();
-  MOERUN_CHECK(r.done(), "command: {} trailing bytes", bytes.size());
+  MOERUN_CHECK(r.done(), "command: {} trailing bytes", r.remaining());
   int64_t total = 0;
   for (const PlanRequest& q : c.requests) {
     MOERUN_CHECK(q.num_tokens >= 0, "command: request with {} tokens", q.num_tokens);
@@ -65,6 +33,40 @@ Command decode_command(std::span<const uint8_t> bytes) {
   MOERUN_CHECK(c.kind != CommandKind::kStep || total == static_cast<int64_t>(c.tokens.size()),
                "command: requests hold {} tokens but {} were sent", total, c.tokens.size());
   return c;
+}
+
+namespace {
+
+struct ResultHeader {
+  int64_t seq;
+  int64_t first_position, rows;
+  int64_t mtp_first_position, mtp_rows;
+  int32_t token;
+  int32_t reserved;
+};
+static_assert(std::has_unique_object_representations_v<ResultHeader>);
+
+}  // namespace
+
+void encode_result(ByteWriter& out, SeqId seq, const StepResult& r) {
+  out.put(
+      ResultHeader{seq, r.first_position, r.rows, r.mtp_first_position, r.mtp_rows, r.token, 0});
+  out.put_array(r.logits);
+  out.put_array(r.mtp_logits);
+}
+
+StepResult decode_result(ByteReader& in) {
+  const auto h = in.get<ResultHeader>();
+  StepResult r;
+  r.seq = h.seq;
+  r.first_position = h.first_position;
+  r.rows = h.rows;
+  r.mtp_first_position = h.mtp_first_position;
+  r.mtp_rows = h.mtp_rows;
+  r.token = h.token;
+  r.logits = in.get_array<float>();
+  r.mtp_logits = in.get_array<float>();
+  return r;
 }
 
 }  // namespace moerun::engine

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "worker/engine/step_engine.h"
+#include "worker/engine/wire.h"
 
 namespace moerun::engine {
 
@@ -36,25 +38,32 @@ struct PlanRequest {
 };
 static_assert(std::is_trivially_copyable_v<PlanRequest>);
 
-struct Command {
+// A command's fixed part: it travels as one block of bytes (laid out without padding).
+struct CommandHeader {
   CommandKind kind = CommandKind::kShutdown;
-  int64_t step = 0;  // a counter of kStep commands, for messages
-  // kAddSequence / kFreeSequence
-  int64_t seq = -1;
-  int32_t column = -1;
-  // kStep
-  int32_t micro_batches = 1;
-  uint8_t observe = 0;                // ship ForwardObserver records to the leader
-  std::vector<PlanRequest> requests;  // per column in micro-batch order, prefill first in each
-  std::vector<int32_t> tokens;        // all requests' new tokens, concatenated
-  // kIsolated (uses `tokens` as the rows' tokens; column 0 of the owning stage runs it)
-  int64_t layer = -1;
-  uint8_t mtp = 0;       // the MTP block: build its input from h first
-  std::vector<float> h;  // [rows, hc, dim]
+  int32_t column = -1;        // kAddSequence / kFreeSequence
+  int64_t step = 0;           // a counter of kStep commands, for messages
+  int64_t seq = -1;           // kAddSequence / kFreeSequence
+  int64_t layer = -1;         // kIsolated (column 0 of the owning stage runs it on `tokens`)
+  int32_t micro_batches = 1;  // kStep
+  uint8_t observe = 0;        // kStep: ship ForwardObserver records to the leader
+  uint8_t mtp = 0;            // kIsolated: the MTP block, its input built from h first
+  uint8_t reserved[2] = {0, 0};
+};
+static_assert(std::has_unique_object_representations_v<CommandHeader>);
+
+struct Command : CommandHeader {
+  std::vector<PlanRequest> requests;  // kStep: per column in micro-batch order, prefill first
+  std::vector<int32_t> tokens;        // kStep: all requests' new tokens, concatenated
+  std::vector<float> h;               // kIsolated: [rows, hc, dim]
 };
 
 std::vector<uint8_t> encode_command(const Command& c);
 // Throws moerun::Error on a malformed message.
 Command decode_command(std::span<const uint8_t> bytes);
+
+// One sequence's result of a step, as the last stage sends it to the leader.
+void encode_result(ByteWriter& out, SeqId seq, const StepResult& r);
+StepResult decode_result(ByteReader& in);  // throws on a truncated message
 
 }  // namespace moerun::engine

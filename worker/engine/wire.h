@@ -67,6 +67,7 @@ class ByteReader {
     return v;
   }
   bool done() const { return pos_ == bytes_.size(); }
+  size_t remaining() const { return bytes_.size() - pos_; }
 
  private:
   std::span<const uint8_t> bytes_;

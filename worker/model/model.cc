@@ -22,6 +22,17 @@ Model::Model(const ModelWeights& weights, kernels::Kernels& kernels, kv::KvPool&
   }
 }
 
+void StepBatch::add(kv::SequenceKv* kv, int64_t start, std::span<const int32_t> new_tokens,
+                    bool prefill) {
+  MOERUN_CHECK(!prefill || prefill_rows == rows(),
+               "step batch: a prompt segment after generated rows (prefill rows must come first)");
+  const auto n = static_cast<int64_t>(new_tokens.size());
+  segments.push_back({kv, start, rows(), n});
+  tokens.insert(tokens.end(), new_tokens.begin(), new_tokens.end());
+  for (int64_t i = 0; i < n; ++i) positions.push_back(static_cast<int32_t>(start + i));
+  if (prefill) prefill_rows = rows();
+}
+
 const RopeTable& Model::rope(int64_t layer) const {
   return config().uses_yarn(layer) ? rope_yarn_ : rope_plain_;
 }

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "kernels/kernels.h"
@@ -36,6 +37,9 @@ struct StepBatch {
   // the engine puts prefill segments first.
   int64_t prefill_rows = 0;
   int64_t rows() const { return static_cast<int64_t>(tokens.size()); }
+  // Appends a segment: `new_tokens` of sequence `kv` at positions start, start+1, ...
+  // Prompt segments (`prefill`) must all come before the generated ones.
+  void add(kv::SequenceKv* kv, int64_t start, std::span<const int32_t> new_tokens, bool prefill);
 };
 
 // Optional hooks that see intermediate values (the replay tool, tests). All pointers are
