@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "common/error.h"
+#include "common/simd_clones.h"
 
 namespace moerun::numfmt {
 namespace {
@@ -19,6 +20,7 @@ constexpr uint32_t kF32SignBit = 0x80000000u;
 constexpr uint32_t kF32AbsMask = 0x7FFFFFFFu;
 constexpr uint32_t kF32ExpMask = 0x7F800000u;
 constexpr uint32_t kF32MantMask = 0x007FFFFFu;
+constexpr uint32_t kF32QuietBit = 0x00400000u;  // set in quiet NaNs
 constexpr int kF32Bias = 127;
 constexpr int kF32MantBits = 23;
 
@@ -99,6 +101,25 @@ uint16_t f32_to_bf16(float value) {
 
 float round_to_bf16(float value) {
   return bf16_to_f32(f32_to_bf16(value));
+}
+
+MOERUN_SIMD_CLONES int64_t f32_to_bf16_exact(const float* src, int64_t n, uint16_t* dst) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t bits = std::bit_cast<uint32_t>(src[i]);
+    const bool signaling_nan = (bits & kF32AbsMask) > kF32ExpMask && (bits & kF32QuietBit) == 0;
+    bad |= (bits & 0xFFFFu) | (signaling_nan ? 1u : 0u);
+    dst[i] = static_cast<uint16_t>(bits >> 16);
+  }
+  if (bad == 0) return -1;
+  for (int64_t i = 0; i < n; ++i)
+    if (std::bit_cast<uint32_t>(round_to_bf16(src[i])) != std::bit_cast<uint32_t>(src[i])) return i;
+  return -1;
+}
+
+MOERUN_SIMD_CLONES void bf16_to_f32(const uint16_t* src, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i)
+    dst[i] = std::bit_cast<float>(static_cast<uint32_t>(src[i]) << 16);
 }
 
 // ---- FP8 e4m3fn ----------------------------------------------------------------------

@@ -16,6 +16,12 @@ float bf16_to_f32(uint16_t bits);
 uint16_t f32_to_bf16(float value);
 // bf16 rounding of an fp32 value, returned as fp32.
 float round_to_bf16(float value);
+// Bulk, for values that must cross a boundary losslessly: dst[i] = the bf16 bits of src[i]
+// [n], each of which must be exactly representable (low 16 bits zero; a NaN quiet, as
+// f32_to_bf16 would quiet it). Returns the index of the first value that is not, or −1.
+int64_t f32_to_bf16_exact(const float* src, int64_t n, uint16_t* dst);
+// dst[i] = src[i] as fp32, [n].
+void bf16_to_f32(const uint16_t* src, int64_t n, float* dst);
 
 // ---- FP8 e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa; no infinities -----------------
 inline constexpr float kE4m3Max = 448.0f;

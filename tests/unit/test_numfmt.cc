@@ -202,6 +202,37 @@ TEST(NumfmtBf16, RoundNeighboursAndMidpointsOfEveryCode) {
   }
 }
 
+// The bulk conversions agree with the scalar ones on every bf16 code: decoding all 65536, and
+// the exact encoding of every decoded value (signalling NaNs cannot survive it: f32_to_bf16
+// quiets them, so they are reported, like any value with low bits set).
+TEST(NumfmtBf16, BulkConversionsMatchScalarForEveryCode) {
+  std::vector<uint16_t> codes(65536), back(65536);
+  for (size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<uint16_t>(i);
+  std::vector<float> values(codes.size());
+  bf16_to_f32(codes.data(), static_cast<int64_t>(codes.size()), values.data());
+  std::vector<float> quiet;  // every value that must cross exactly
+  std::vector<uint16_t> quiet_codes;
+  for (size_t i = 0; i < codes.size(); ++i) {
+    ASSERT_EQ(std::bit_cast<uint32_t>(values[i]), std::bit_cast<uint32_t>(bf16_to_f32(codes[i])))
+        << "code " << i;
+    if (f32_to_bf16(values[i]) == codes[i]) {
+      quiet.push_back(values[i]);
+      quiet_codes.push_back(codes[i]);
+    }
+  }
+  EXPECT_EQ(quiet.size(), 65536u - 2 * 63u);  // all but the 2 × 63 signalling NaN codes
+  back.resize(quiet.size());
+  EXPECT_EQ(f32_to_bf16_exact(quiet.data(), static_cast<int64_t>(quiet.size()), back.data()), -1);
+  EXPECT_EQ(back, quiet_codes);
+  // The first value that is not exact is reported: low bits set, then a signalling NaN.
+  std::vector<float> bad = {1.0f, std::bit_cast<float>(0x3F800001u), 2.0f,
+                            std::bit_cast<float>(0x7F810000u)};
+  std::vector<uint16_t> out(bad.size());
+  EXPECT_EQ(f32_to_bf16_exact(bad.data(), 4, out.data()), 1);
+  EXPECT_EQ(f32_to_bf16_exact(bad.data() + 2, 2, out.data()), 1);
+  EXPECT_EQ(f32_to_bf16_exact(bad.data(), 1, out.data()), -1);
+}
+
 TEST(NumfmtBf16, KnownValues) {
   EXPECT_EQ(f32_to_bf16(1.0f), 0x3F80);
   EXPECT_EQ(f32_to_bf16(-2.0f), 0xC000);

@@ -47,18 +47,7 @@
 
 #include "common/error.h"
 #include "common/numfmt.h"
-
-// GCC function multi-versioning: one copy of a loop per ISA level, chosen once by an ifunc
-// resolver. Left out under sanitizers (ifunc resolvers run before their runtime is up). Such
-// functions must not throw: GCC 12 marks their dispatcher nothrow, so an exception ends the
-// process (std::terminate); they report failures through their return value instead.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
-    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
-#define MOERUN_SIMD_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MOERUN_SIMD_CLONES
-#endif
+#include "common/simd_clones.h"
 
 namespace moerun::comm {
 
@@ -70,7 +59,6 @@ constexpr int64_t kRecordAlign = 16;     // dispatch records are padded to this 
 constexpr size_t kMinBufferBytes = 64;   // never hand a transport an empty buffer
 constexpr uint32_t kF32AbsMask = 0x7FFFFFFFu;
 constexpr uint32_t kF32Inf = 0x7F800000u;
-constexpr uint32_t kF32QuietBit = 0x00400000u;
 constexpr uint32_t kE4m3MinNormalBits = 0x3C800000u;  // 2^-6 in fp32
 constexpr uint32_t kE4m3NanMagnitude = 0x7Fu;         // codes 0x7F / 0xFF
 
@@ -232,25 +220,6 @@ MOERUN_SIMD_CLONES void decode_row(const uint8_t* codes, const int8_t* exps, int
         if ((cb[i] & 0x7Fu) == kE4m3NanMagnitude) xb[i] = numfmt::e4m3_to_f32(cb[i]) * scale;
     }
   }
-}
-
-// bf16 bits of each value of src [n], which must be exactly representable: low 16 bits zero and,
-// for NaN, the quiet bit set (numfmt::f32_to_bf16 quiets NaNs). Returns the index of the first
-// value that is not, or −1.
-MOERUN_SIMD_CLONES int64_t to_bf16_exact(const float* src, int64_t n, uint16_t* dst) {
-  uint32_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t bits = std::bit_cast<uint32_t>(src[i]);
-    const bool signaling_nan = (bits & kF32AbsMask) > kF32Inf && (bits & kF32QuietBit) == 0;
-    bad |= (bits & 0xFFFFu) | (signaling_nan ? 1u : 0u);
-    dst[i] = static_cast<uint16_t>(bits >> 16);
-  }
-  if (bad == 0) return -1;
-  for (int64_t i = 0; i < n; ++i) {
-    if (std::bit_cast<uint32_t>(numfmt::round_to_bf16(src[i])) != std::bit_cast<uint32_t>(src[i]))
-      return i;
-  }
-  return -1;
 }
 
 inline float bf16_value(uint16_t bits) {
@@ -595,7 +564,7 @@ void Dispatcher::combine(const CombineParams& p) {
     const int threads = pass_threads(P * H);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < P; ++i) {
-      const int64_t bad = to_bf16_exact(p.pair_out + i * H, H, rows_out + i * H);
+      const int64_t bad = numfmt::f32_to_bf16_exact(p.pair_out + i * H, H, rows_out + i * H);
       if (bad >= 0) {
 #pragma omp critical(moerun_combine_bad_value)
         if (i < bad_pair) bad_pair = i, bad_column = bad;

@@ -37,12 +37,8 @@ void pack_hand_off(const model::StepBatch& b, const float* h, int64_t hc_dim, ui
   std::memcpy(out, b.tokens.data(), rows * sizeof(int32_t));
   std::memcpy(out + rows * sizeof(int32_t), b.positions.data(), rows * sizeof(int32_t));
   auto* bf = reinterpret_cast<uint16_t*>(out + rows * 2 * sizeof(int32_t));
-  const int64_t n = b.rows() * hc_dim;
-  for (int64_t i = 0; i < n; ++i) {
-    bf[i] = numfmt::f32_to_bf16(h[i]);
-    MOERUN_CHECK(numfmt::bf16_to_f32(bf[i]) == h[i] || h[i] != h[i],
-                 "hand-off: residual stream value {} (index {}) is not bf16", h[i], i);
-  }
+  const int64_t bad = numfmt::f32_to_bf16_exact(h, b.rows() * hc_dim, bf);
+  MOERUN_CHECK(bad < 0, "hand-off: residual stream value {} (index {}) is not bf16", h[bad], bad);
 }
 
 void unpack_hand_off(const model::StepBatch& b, const uint8_t* in, int64_t hc_dim, float* h) {
@@ -53,8 +49,7 @@ void unpack_hand_off(const model::StepBatch& b, const uint8_t* in, int64_t hc_di
   MOERUN_CHECK(tokens == b.tokens && positions == b.positions,
                "hand-off: the previous stage sent other tokens or positions than the plan says");
   const auto* bf = reinterpret_cast<const uint16_t*>(in + rows * 2 * sizeof(int32_t));
-  const int64_t n = b.rows() * hc_dim;
-  for (int64_t i = 0; i < n; ++i) h[i] = numfmt::bf16_to_f32(bf[i]);
+  numfmt::bf16_to_f32(bf, b.rows() * hc_dim, h);
 }
 
 }  // namespace
